@@ -1,0 +1,1 @@
+"""FusionRoute: token-level collaboration of expert LLMs through a trained router."""
