@@ -1,0 +1,83 @@
+"""Turning instruction/response records into token tensors for training.
+
+One tokenisation path serves every trainer (experts, router SFT, CDPO, the fine-tuned baseline,
+the reward model), so a response token is the same token everywhere: the expert features
+computed for a sample line up position for position with the router's labels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+IGNORE = -100
+
+
+def render_prompt(template: str, instruction: str) -> str:
+    """Wrap an instruction in the world's prompt template (alpaca style by default)."""
+    if "{instruction}" not in template:
+        raise ValueError("prompt_template must contain '{instruction}'")
+    return template.replace("{instruction}", instruction)
+
+
+@dataclass
+class Encoded:
+    """One prompt+response sequence; `labels` is IGNORE on prompt tokens."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def encode_pair(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, max_len: int, add_eos: bool = True
+) -> Encoded:
+    """Tokenise prompt and response separately (so the boundary is exact) and truncate the response."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None:
+        prompt_ids = [tokenizer.bos_token_id] + prompt_ids
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if add_eos:
+        response_ids = response_ids + [tokenizer.eos_token_id]
+    room = max_len - len(prompt_ids)
+    if room < 1:
+        raise ValueError(f"prompt of {len(prompt_ids)} tokens leaves no room within max_len={max_len}")
+    response_ids = response_ids[:room]
+    return Encoded(prompt_ids + response_ids, [IGNORE] * len(prompt_ids) + response_ids)
+
+
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, max_len: int) -> Encoded:
+    """A plain-text (pretraining) sequence: every token after the first is a target."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id] + ids
+    ids = (ids + [tokenizer.eos_token_id])[:max_len]
+    return Encoded(ids, list(ids))
+
+
+def collate(batch: Sequence[Encoded], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch; labels are IGNORE on padding."""
+    width = max(len(e.input_ids) for e in batch)
+    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, enc in enumerate(batch):
+        n = len(enc.input_ids)
+        input_ids[row, :n] = torch.tensor(enc.input_ids)
+        labels[row, :n] = torch.tensor(enc.labels)
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:
+    """`steps` batches of indices: seeded shuffled epochs, reshuffled each pass, never partial."""
+    if n == 0:
+        raise ValueError("cannot draw batches from an empty dataset")
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            order.extend(torch.randperm(n, generator=generator).tolist())
+        yield order[:batch_size]
+        order = order[batch_size:]

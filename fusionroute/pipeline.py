@@ -1,0 +1,369 @@
+"""The workflow's steps as plain functions: one per Snakemake rule, same code for every world.
+
+Each step takes its rule's named inputs, outputs and params (dicts of paths and values), so a
+rule is a one-line call (workflow/scripts/step.py dispatches on the rule name) and a test can
+run a step without Snakemake. Heavy imports stay inside the steps.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+from fusionroute.io import read_jsonl, write_json, write_jsonl
+
+Step = Callable[[dict[str, Any], dict[str, Any], dict[str, Any], int], None]
+STEPS: dict[str, Step] = {}
+
+
+def step(fn: Step) -> Step:
+    STEPS[fn.__name__] = fn
+    return fn
+
+
+def run_step(name: str, inputs: dict, outputs: dict, params: dict, threads: int = 1) -> None:
+    if name not in STEPS:
+        raise KeyError(f"no workflow step named {name!r}; known: {sorted(STEPS)}")
+    from fusionroute.training import set_threads
+
+    set_threads(threads)
+    STEPS[name](inputs, outputs, params, threads)
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tiny world: data, tokenizer, base model, experts
+# ----------------------------------------------------------------------------------------------
+
+
+@step
+def tiny_data(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
+    """All synthetic training sets of the tiny world (the benchmarks come from `benchmark_data`)."""
+    from fusionroute.tiny import tasks
+
+    seed, sizes, level = params["seed"], params["sizes"], params.get("level", 1)
+    write_jsonl(outputs["pretrain"], [{"text": t} for t in tasks.make_pretraining_corpus(sizes["pretrain"], seed)])
+    for domain in ("math", "code", "instruct"):
+        write_jsonl(outputs[f"sft_{domain}"], tasks.make_sft(domain, sizes["expert_sft"], seed + 1))
+    write_jsonl(outputs["sft_mix"], tasks.make_sft_mix(sizes["sft_mix"], seed + 2))
+    write_jsonl(outputs["preferences"], tasks.make_preferences(sizes["preferences"], seed + 3))
+
+
+@step
+def tiny_tokenizer(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
+    from fusionroute.tiny.tokenizer import train_tokenizer
+
+    texts = [row["text"] for row in read_jsonl(inputs["pretrain"])]
+    for name in ("sft_math", "sft_code", "sft_instruct"):
+        texts += [render_training_text(params["prompt_template"], r) for r in read_jsonl(inputs[name])]
+    train_tokenizer(texts, params["vocab_size"], outputs["tokenizer"])
+
+
+def render_training_text(template: str, record: dict) -> str:
+    from fusionroute.data import render_prompt
+
+    return render_prompt(template, record["instruction"]) + record["response"]
+
+
+@step
+def tiny_base(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
+    """Initialise a small LlamaForCausalLM and pretrain it briefly on the mixed corpus."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fusionroute.data import encode_text
+    from fusionroute.models import load_tokenizer
+    from fusionroute.trainers import train_lm
+    from fusionroute.training import OptimConfig, write_log
+
+    _seed_everything(params["seed"])
+    tokenizer = load_tokenizer(inputs["tokenizer"])
+    arch = dict(params["architecture"])
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=params["max_positions"],
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        **arch,
+    )
+    model = LlamaForCausalLM(config)
+    texts = [row["text"] for row in read_jsonl(inputs["pretrain"])]
+    encoded = [encode_text(tokenizer, t, params["max_len"]) for t in texts]
+    cfg = OptimConfig.from_dict({**params["optim"], "seed": params["seed"]})
+    log = train_lm(model, encoded, cfg, tokenizer.pad_token_id, "pretrain base")
+    _save_model(model, tokenizer, outputs["model"])
+    write_log(outputs["log"], log, {"parameters": sum(p.numel() for p in model.parameters())})
+
+
+def _save_model(model, tokenizer, out_dir: str) -> None:
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def load_sft_encoded(path: str, tokenizer, template: str, max_len: int) -> list:
+    from fusionroute.data import encode_pair, render_prompt
+
+    return [
+        encode_pair(tokenizer, render_prompt(template, r["instruction"]), r["response"], max_len)
+        for r in read_jsonl(path)
+    ]
+
+
+def load_pairs(path: str, tokenizer, template: str, max_len: int) -> list:
+    from fusionroute.data import encode_pair, render_prompt
+    from fusionroute.trainers import PreferencePair
+
+    pairs = []
+    for r in read_jsonl(path):
+        prompt = render_prompt(template, r["instruction"])
+        pairs.append(PreferencePair(encode_pair(tokenizer, prompt, r["chosen"], max_len),
+                                    encode_pair(tokenizer, prompt, r["rejected"], max_len)))
+    return pairs
+
+
+@step
+def finetune_lm(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
+    """Supervised fine-tuning of a causal LM with the LM loss only (the tiny experts)."""
+    from fusionroute.models import load_causal_lm, load_tokenizer
+    from fusionroute.trainers import train_lm
+    from fusionroute.training import OptimConfig, write_log
+
+    _seed_everything(params["seed"])
+    models = params["models"]
+    tokenizer = load_tokenizer(models["tokenizer"])
+    model = load_causal_lm(models["init"], params.get("dtype", "float32"), params.get("device", "cpu"))
+    encoded = load_sft_encoded(inputs["data"], tokenizer, params["prompt_template"], params["max_len"])
+    cfg = OptimConfig.from_dict({**params["optim"], "seed": params["seed"]})
+    log = train_lm(model, encoded, cfg, tokenizer.pad_token_id, params.get("desc", "fine-tune"))
+    _save_model(model, tokenizer, outputs["model"])
+    write_log(outputs["log"], log)
+
+
+# ----------------------------------------------------------------------------------------------
+# FusionRoute: expert features, router SFT, mix training (CDPO)
+# ----------------------------------------------------------------------------------------------
+
+
+def _load_experts(paths: list[str], dtype: str, device: str):
+    from fusionroute.models import load_causal_lm
+
+    return [load_causal_lm(p, dtype, device) for p in paths]
+
+
+@step
+def expert_features(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
+    """Each expert's gold-token log-prob and argmax at every response position, for the SFT
+    samples and for both sides of every preference pair."""
+    from fusionroute.experts import ExpertPool
+    from fusionroute.features import compute_expert_features, save_features
+
+    models = params["models"]
+    pool = ExpertPool.load(params["expert_names"], models["experts"], models["tokenizer"],
+                           params.get("dtype", "float32"), params.get("device", "cpu"))
+    tok, template, max_len = pool.tokenizer, params["prompt_template"], params["max_len"]
+    sft = load_sft_encoded(inputs["sft"], tok, template, max_len)
+    meta = {"experts": params["expert_names"], "max_len": max_len}
+    save_features(outputs["sft"], compute_expert_features(pool.models, sft, tok.pad_token_id, desc="features: SFT"), meta)
+    pairs = load_pairs(inputs["preferences"], tok, template, max_len)
+    chosen = compute_expert_features(pool.models, [p.chosen for p in pairs], tok.pad_token_id, desc="features: chosen")
+    rejected = compute_expert_features(pool.models, [p.rejected for p in pairs], tok.pad_token_id, desc="features: rejected")
+    save_features(outputs["preferences"], [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected)], meta)
+
+
+@step
+def router_sft(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
+    from fusionroute.features import load_features
+    from fusionroute.models import load_causal_lm, load_tokenizer
+    from fusionroute.router import RouterModel
+    from fusionroute.trainers import RoutingConfig, train_router_sft
+    from fusionroute.training import OptimConfig, write_log
+
+    _seed_everything(params["seed"])
+    models = params["models"]
+    tokenizer = load_tokenizer(models["tokenizer"])
+    dtype, device = params.get("dtype", "float32"), params.get("device", "cpu")
+    lm = load_causal_lm(models["init"], dtype, device)
+    router = RouterModel.from_lm(lm, params["expert_names"], seed=params["seed"])
+    encoded = load_sft_encoded(inputs["sft"], tokenizer, params["prompt_template"], params["max_len"])
+    features, _ = load_features(inputs["features"])
+    routing = RoutingConfig(lam=params["lam"], reading=params["reading"])
+    experts = _load_experts(models["experts"], dtype, device) if routing.reading == "mixture" else None
+    cfg = OptimConfig.from_dict({**params["optim"], "seed": params["seed"]})
+    log = train_router_sft(router, encoded, features, cfg, routing, tokenizer.pad_token_id, experts,
+                           checkpoint_dir=Path(outputs["model"] + ".ckpt"))
+    router.save_pretrained(outputs["model"])
+    tokenizer.save_pretrained(outputs["model"])
+    write_log(outputs["log"], log)
+
+
+@step
+def mix_train(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
+    """Algorithm 1 from an SFT checkpoint: a router (CDPO) or a plain LM (the fine-tuned
+    baseline's DPO), depending on `params['policy']`."""
+    import torch
+
+    from fusionroute.features import load_features
+    from fusionroute.models import load_causal_lm, load_tokenizer
+    from fusionroute.router import RouterModel
+    from fusionroute.trainers import MixConfig, mix_train as run_mix, preference_reference
+    from fusionroute.training import OptimConfig, write_log
+
+    _seed_everything(params["seed"])
+    models = params["models"]
+    tokenizer = load_tokenizer(models["tokenizer"])
+    dtype, device = params.get("dtype", "float32"), params.get("device", "cpu")
+    is_router = params["policy"] == "router"
+    load = (lambda: RouterModel.from_pretrained(models["init"], dtype=_dtype(dtype)).to(device)) if is_router \
+        else (lambda: load_causal_lm(models["init"], dtype, device))
+    template, max_len = params["prompt_template"], params["max_len"]
+    sft = load_sft_encoded(inputs["sft"], tokenizer, template, max_len)
+    pairs = load_pairs(inputs["preferences"], tokenizer, template, max_len)
+    rng = random.Random(params["seed"])
+    sft_idx = sorted(rng.sample(range(len(sft)), min(params["n_sft"], len(sft))))
+    pair_idx = sorted(rng.sample(range(len(pairs)), min(params["n_pref"], len(pairs))))
+    sft_features = pair_features = None
+    if is_router:
+        all_sft_features, _ = load_features(inputs["sft_features"])
+        all_pair_features, _ = load_features(inputs["pref_features"])
+        sft_features = [all_sft_features[i] for i in sft_idx]
+        pair_features = [all_pair_features[j] for j in pair_idx]
+    sft = [sft[i] for i in sft_idx]
+    pairs = [pairs[j] for j in pair_idx]
+    mix = MixConfig(lam=params["lam"], beta=params["beta"], reading=params.get("reading", "literal"))
+    reference = load()
+    frozen = preference_reference(reference, pairs, tokenizer.pad_token_id, mix.beta, pair_features)
+    del reference
+    policy = load()
+    cfg = OptimConfig.from_dict({**params["optim"], "seed": params["seed"]})
+    log = run_mix(policy, sft, sft_features, pairs, frozen, cfg, mix, tokenizer.pad_token_id,
+                  "mix training" if is_router else "SFT+DPO mix", checkpoint_dir=Path(outputs["model"] + ".ckpt"))
+    policy.save_pretrained(outputs["model"])
+    tokenizer.save_pretrained(outputs["model"])
+    write_log(outputs["log"], log, {"mean_bias": float(frozen["bias"].mean()),
+                                     "reference_margin": float((frozen["ref_chosen"] - frozen["ref_rejected"]).mean())})
+    del torch
+
+
+def _dtype(name: str):
+    from fusionroute.models import DTYPES
+
+    return DTYPES[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation: benchmark data, generation, scoring, tables
+# ----------------------------------------------------------------------------------------------
+
+
+@step
+def benchmark_data(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
+    """The evaluation records of one benchmark, in the real dataset's schema, with ids."""
+    name, n, seed = params["benchmark"], params["n"], params["seed"]
+    if params["source"] == "tiny":
+        from fusionroute.tiny import tasks
+
+        records = tasks.make_benchmark(name, n, seed)
+        from fusionroute.eval.benchmarks import load_records
+
+        tmp = Path(outputs["data"]).with_suffix(".raw.jsonl")
+        write_jsonl(tmp, records)
+        records = load_records(name, data_path=str(tmp), hub_id=None, n=None, seed=seed)
+        tmp.unlink()
+    else:
+        from fusionroute.eval.benchmarks import load_records
+
+        records = load_records(name, data_path=params.get("data_path"), hub_id=params.get("hub_id"), n=n, seed=seed)
+    write_jsonl(outputs["data"], records)
+
+
+@step
+def generate(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
+    from fusionroute.data import render_prompt
+    from fusionroute.eval.benchmarks import instruction_for
+    from fusionroute.generation import MethodContext, build_generator, run_generation
+
+    _seed_everything(params["seed"])
+    records = read_jsonl(inputs["data"])
+    if params.get("limit"):
+        records = records[: params["limit"]]
+    samples = [{"id": r["id"], "prompt": render_prompt(params["prompt_template"], instruction_for(params["benchmark"], r))}
+               for r in records]
+    models = dict(params["models"])
+    tokenizer = models.pop("tokenizer")
+    ctx = MethodContext(kind=params["kind"], inputs=models, params=params.get("method_params", {}),
+                        tokenizer=tokenizer, dtype=params.get("dtype", "float32"),
+                        device=params.get("device", "cpu"))
+    generator = build_generator(ctx)
+    settings = {k: params[k] for k in sorted(params)}
+    run_generation(generator, samples, outputs["generations"], params["batch_size"], params["max_new_tokens"],
+                   settings, desc=f"{params['method']}/{params['benchmark']}")
+    write_json(outputs["settings"], settings)
+
+
+@step
+def score(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
+    from fusionroute.eval.scoring import score_benchmark
+
+    result = score_benchmark(params["benchmark"], read_jsonl(inputs["generations"]), read_jsonl(inputs["data"]))
+    write_json(outputs["scores"], result)
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)
+
+
+@step
+def table(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
+    """Table 1 / Table 2 from scores.json files; rows list their score files by benchmark."""
+    from fusionroute.eval.tables import Row, load_row, write_table
+
+    rows: list[Row] = []
+    for spec in params["rows"]:
+        row = load_row(spec["family"], spec["group"], spec["method"], spec["scores"])
+        cost = spec.get("forwards")
+        if cost:
+            row.note = _forwards_note([read_jsonl(p) for p in cost])
+        rows.append(row)
+    write_table(rows, outputs["tex"], params["caption"], params["label"])
+
+
+def _forwards_note(generation_files: list[list[dict]]) -> str:
+    """Model forwards per emitted token over all benchmarks of a method (where recorded)."""
+    forwards = sum(r.get("forwards", 0) for rows in generation_files for r in rows)
+    tokens = sum(max(1, r.get("n_tokens", 0)) for rows in generation_files for r in rows)
+    return f"{forwards / tokens:.1f} fwd/token" if forwards else ""
+
+
+@step
+def routing_summary(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
+    """Share of emitted tokens per expert on each benchmark, for each routed method."""
+    from fusionroute.io import atomic_write_text
+
+    names = params["expert_names"]
+    summary: dict = {}
+    for key, path in inputs.items():
+        method_name, benchmark = key.split("__")
+        counts = [0] * len(names)
+        for row in read_jsonl(path):
+            for e in row.get("expert_ids", []):
+                counts[e] += 1
+        total = max(1, sum(counts))
+        summary.setdefault(method_name, {})[benchmark] = {n: c / total for n, c in zip(names, counts)}
+    write_json(outputs["json"], summary)
+    lines = []
+    for method_name, per_bench in summary.items():
+        lines += [f"### {method_name}", "", "| Benchmark | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for benchmark, shares in per_bench.items():
+            lines.append(f"| {benchmark} | " + " | ".join(f"{shares[n]:.2f}" for n in names) + " |")
+        lines.append("")
+    atomic_write_text(outputs["md"], "\n".join(lines))

@@ -1,0 +1,123 @@
+# Shared helpers: where every model and artefact lives, and the catalogue of methods.
+import json
+
+WORLD = config["world"]
+BUILD = f"build/{WORLD}"
+RESULTS = f"results/{WORLD}"
+FAMILIES = config["families"]
+BENCHMARKS = list(config["benchmarks"])
+SEED = config["seed"]
+
+# Settings every torch step receives; part of `params`, so changing one reruns what depends on it.
+COMMON = {
+    "seed": SEED,
+    "device": config["device"],
+    "dtype": config["dtype"],
+    "prompt_template": config["prompt_template"],
+    "max_len": config["max_len"],
+}
+
+
+def is_tiny(family):
+    return FAMILIES[family]["source"] == "tiny"
+
+
+def experts(family):
+    return list(FAMILIES[family]["experts"])
+
+
+# ---- models: a reference -> (location, built by this workflow?) ---------------------------------
+def model_location(family, ref):
+    """'base', an expert name, 'router_sft', 'router', 'finetuned_sft', 'finetuned',
+    'reward_model' or 'merge:<method>' -> (directory or hub id, whether a rule builds it)."""
+    fam = FAMILIES[family]
+    fdir = f"{BUILD}/{family}"
+    if ref in ("router_sft", "router", "finetuned_sft", "finetuned"):
+        return f"{fdir}/{ref}", True
+    if ref.startswith("merge:"):
+        return f"{fdir}/merges/{ref.split(':', 1)[1]}", True
+    if ref == "reward_model":
+        if is_tiny(family):
+            return f"{fdir}/reward_model", True
+        return fam["reward_model"], False
+    if ref == "base":
+        return (f"{fdir}/base", True) if is_tiny(family) else (fam["base"], False)
+    if ref in fam["experts"]:
+        return (f"{fdir}/experts/{ref}", True) if is_tiny(family) else (fam["expert_sources"][ref], False)
+    raise ValueError(f"unknown model reference {ref!r} for family {family!r}")
+
+
+def tokenizer_location(family):
+    if is_tiny(family):
+        return f"{BUILD}/tokenizer"
+    return FAMILIES[family].get("tokenizer") or model_location(family, FAMILIES[family]["router_init"])[0]
+
+
+def models_param(family, refs):
+    """`params.models` for a step: {key: location or [locations]} plus the tokenizer."""
+    out = {"tokenizer": tokenizer_location(family)}
+    for key, ref in refs.items():
+        if ref == "experts":
+            out[key] = [model_location(family, e)[0] for e in experts(family)]
+        else:
+            out[key] = model_location(family, ref)[0]
+    return out
+
+
+def model_inputs(family, refs):
+    """The built models among `refs` (and the tiny tokenizer), as files the rule depends on."""
+    files = [f"{BUILD}/tokenizer"] if is_tiny(family) else []
+    for ref in refs.values():
+        for r in experts(family) if ref == "experts" else [ref]:
+            location, built = model_location(family, r)
+            if built:
+                files.append(location)
+    return files
+
+
+# ---- methods: the rows of the tables --------------------------------------------------------------
+def method_catalog(family):
+    """name -> {kind, models, params, label, group}. Experts are single-model methods named
+    after the expert; users add methods under `custom_methods` in the config."""
+    catalog = {
+        name: {"kind": "single", "models": {"model": name}, "params": {},
+               "label": f"{name.capitalize()} Expert", "group": "Expert Models"}
+        for name in experts(family)
+    }
+    catalog.update({
+        "sequence_selection": {"kind": "sequence_selection", "models": {"experts": "experts", "reward_model": "reward_model"},
+                               "params": {}, "label": "Sequence Selection", "group": "Collaboration Approaches"},
+        "collab": {"kind": "collab", "models": {"experts": "experts", "reward_model": "reward_model"},
+                   "params": dict(config["collab"]), "label": "Collab", "group": "Collaboration Approaches"},
+        "finetuned": {"kind": "single", "models": {"model": "finetuned"}, "params": {},
+                      "label": "Fine-tuned Model", "group": "Collaboration Approaches"},
+        "dare": {"kind": "single", "models": {"model": "merge:dare"}, "params": {},
+                 "label": "DARE", "group": "Collaboration Approaches"},
+        "task_arithmetic": {"kind": "single", "models": {"model": "merge:task_arithmetic"}, "params": {},
+                            "label": "TaskArithmetic", "group": "Collaboration Approaches"},
+        "fusionroute": {"kind": "fusionroute", "models": {"router": "router", "experts": "experts"},
+                        "params": {"use_complementary": True}, "label": "FusionRoute", "group": "Ours"},
+        "fusionroute_routing_only": {"kind": "fusionroute", "models": {"router": "router_sft", "experts": "experts"},
+                                     "params": {"use_complementary": False},
+                                     "label": "FusionRoute w/o complementary logits", "group": "Ablation"},
+        "base": {"kind": "single", "models": {"model": "base"}, "params": {}, "label": "Base", "group": "Ablation"},
+        "fusionroute_sft": {"kind": "fusionroute", "models": {"router": "router_sft", "experts": "experts"},
+                            "params": {"use_complementary": True}, "label": "FusionRoute (SFT only)", "group": "Ablation"},
+    })
+    for name, spec in config.get("custom_methods", {}).items():
+        catalog[name] = {"params": {}, "group": "Other", "label": name, **spec}
+    return catalog
+
+
+def method(family, name):
+    catalog = method_catalog(family)
+    if name not in catalog:
+        raise ValueError(f"unknown method {name!r}; known: {sorted(catalog)}")
+    return catalog[name]
+
+
+def benchmark_limit(method_name, benchmark):
+    """Collab is costly: it may run on the first `limit_collab` samples (stated in the caption)."""
+    if method_name == "collab":
+        return config["benchmarks"][benchmark].get("limit_collab") or config["collab"].get("limit") or 0
+    return 0

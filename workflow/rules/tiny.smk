@@ -1,0 +1,78 @@
+# The tiny world: synthetic data, tokenizer, base model and experts, all built locally.
+TINY = config.get("tiny", {})
+TINY_DATA = ["pretrain", "sft_math", "sft_code", "sft_instruct", "sft_mix", "preferences"]
+
+
+rule tiny_data:
+    output:
+        **{name: f"{BUILD}/data/{name}.jsonl" for name in TINY_DATA},
+    params:
+        seed=SEED,
+        sizes=TINY.get("sizes"),
+        level=TINY.get("level", 1),
+    log:
+        f"logs/{WORLD}/tiny_data.log",
+    benchmark:
+        f"benchmarks/{WORLD}/tiny_data.tsv"
+    script:
+        "../scripts/step.py"
+
+
+rule tiny_tokenizer:
+    input:
+        pretrain=f"{BUILD}/data/pretrain.jsonl",
+        sft_math=f"{BUILD}/data/sft_math.jsonl",
+        sft_code=f"{BUILD}/data/sft_code.jsonl",
+        sft_instruct=f"{BUILD}/data/sft_instruct.jsonl",
+    output:
+        tokenizer=directory(f"{BUILD}/tokenizer"),
+    params:
+        vocab_size=TINY.get("vocab_size"),
+        prompt_template=config["prompt_template"],
+    log:
+        f"logs/{WORLD}/tiny_tokenizer.log",
+    script:
+        "../scripts/step.py"
+
+
+rule tiny_base:
+    input:
+        tokenizer=f"{BUILD}/tokenizer",
+        pretrain=f"{BUILD}/data/pretrain.jsonl",
+    output:
+        model=directory(f"{BUILD}/{{family}}/base"),
+        log=f"{BUILD}/{{family}}/logs/base.json",
+    params:
+        **COMMON,
+        architecture=TINY.get("architecture"),
+        optim=TINY.get("pretrain"),
+        max_positions=config["max_len"] + config["generation"]["max_new_tokens"] + 64,
+    threads: config["threads"]
+    log:
+        f"logs/{WORLD}/{{family}}/tiny_base.log",
+    benchmark:
+        f"benchmarks/{WORLD}/{{family}}/tiny_base.tsv"
+    script:
+        "../scripts/step.py"
+
+
+rule tiny_expert:
+    input:
+        base=f"{BUILD}/{{family}}/base",
+        data=f"{BUILD}/data/sft_{{expert}}.jsonl",
+    output:
+        model=directory(f"{BUILD}/{{family}}/experts/{{expert}}"),
+        log=f"{BUILD}/{{family}}/logs/expert_{{expert}}.json",
+    params:
+        step="finetune_lm",
+        **COMMON,
+        models=lambda w: {"tokenizer": f"{BUILD}/tokenizer", "init": f"{BUILD}/{w.family}/base"},
+        optim=TINY.get("expert"),
+        desc=lambda w: f"expert {w.expert}",
+    threads: config["threads"]
+    log:
+        f"logs/{WORLD}/{{family}}/tiny_expert_{{expert}}.log",
+    benchmark:
+        f"benchmarks/{WORLD}/{{family}}/tiny_expert_{{expert}}.tsv"
+    script:
+        "../scripts/step.py"
