@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
+
+from fusionroute.io import progress
 from transformers import PreTrainedModel
 
 from fusionroute.data import Encoded, collate
@@ -24,7 +25,7 @@ def check_same_vocabulary(names: Sequence[str], vocab_sizes: Sequence[int]) -> N
         raise ValueError(f"experts must share one vocabulary, but their output sizes differ ({listing})")
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def compute_expert_features(
     experts: Sequence[PreTrainedModel], encoded: Sequence[Encoded], pad_token_id: int, batch_size: int = 16,
     desc: str = "expert features",
@@ -35,7 +36,7 @@ def compute_expert_features(
                           [e.get_output_embeddings().weight.shape[0] for e in experts])
     device = experts[0].device
     out: list[dict[str, torch.Tensor]] = []
-    for start in tqdm(range(0, len(encoded), batch_size), desc=desc, mininterval=2.0):
+    for start in progress(range(0, len(encoded), batch_size), desc=desc):
         chunk = encoded[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
         golds, argmaxes = [], []

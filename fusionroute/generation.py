@@ -10,9 +10,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from tqdm.auto import tqdm
 
-from fusionroute.io import ResumableJsonl, settings_hash
+from fusionroute.io import ResumableJsonl, progress, settings_hash
 
 
 @dataclass
@@ -92,8 +91,7 @@ def run_generation(
     ids = [str(s["id"]) for s in samples]
     pending = set(sink.pending(ids))
     todo = sorted((s for s in samples if str(s["id"]) in pending), key=lambda s: len(s["prompt"]))
-    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=desc, mininterval=2.0,
-               disable=os.environ.get("FUSIONROUTE_NO_PROGRESS") == "1")
+    bar = progress(total=len(samples), initial=len(samples) - len(todo), desc=desc)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         outputs = generator.generate([s["prompt"] for s in chunk], max_new_tokens)

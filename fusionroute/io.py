@@ -102,3 +102,12 @@ def settings_hash(obj: Any) -> str:
     """A short stable hash of JSON-serialisable settings (for resume keys and provenance)."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def progress(iterable=None, **kwargs):
+    """tqdm with the project's defaults; FUSIONROUTE_NO_PROGRESS=1 silences it (tests, CI logs)."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("mininterval", 2.0)
+    kwargs.setdefault("disable", os.environ.get("FUSIONROUTE_NO_PROGRESS") == "1")
+    return tqdm(iterable, **kwargs)

@@ -24,7 +24,6 @@ from fusionroute.features import scatter_to_positions
 from fusionroute.losses import (
     cdpo_bias,
     dpo_loss,
-    gather_logprobs,
     informative_mask,
     lm_loss,
     routing_loss,
@@ -99,7 +98,7 @@ def router_sft_loss(
             )
     route = routing_loss(out.routing_logits[:, :-1], gold, informative, routing.reading, full, targets)
     loss = language + routing.lam * route
-    return loss, {"lm": float(language), "route": float(route), "informative": float(informative.sum())}
+    return loss, {"lm": float(language.detach()), "route": float(route.detach()), "informative": float(informative.sum())}
 
 
 def train_router_sft(

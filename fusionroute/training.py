@@ -17,15 +17,16 @@ from typing import Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from fusionroute.io import progress
 
 
 @dataclass
 class OptimConfig:
     steps: int  # optimiser updates
     batch_size: int  # samples per update
-    micro_batch_size: int = 0  # samples per forward/backward (gradient accumulation); 0 = batch_size
     lr: float  # peak learning rate (AdamW)
+    micro_batch_size: int = 0  # samples per forward/backward (gradient accumulation); 0 = batch_size
     warmup_ratio: float = 0.05  # linear warm-up share of the steps, then cosine decay to 10%
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
@@ -88,8 +89,7 @@ def train_loop(
         start, log = state["step"], state["log"]
         torch.set_rng_state(state["rng"])
 
-    bar = tqdm(range(start, cfg.steps), desc=desc, initial=start, total=cfg.steps, mininterval=2.0,
-               disable=os.environ.get("FUSIONROUTE_NO_PROGRESS") == "1")
+    bar = progress(range(start, cfg.steps), desc=desc, initial=start, total=cfg.steps)
     began = time.perf_counter()
     for step in bar:
         optimizer.zero_grad(set_to_none=True)

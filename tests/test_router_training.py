@@ -1,0 +1,159 @@
+"""Router model, expert features, SFT with routing loss and mix training (CDPO) on tiny models."""
+import pytest
+import torch
+
+from conftest import make_llama
+from fusionroute.data import encode_pair
+from fusionroute.features import compute_expert_features, load_features, save_features
+from fusionroute.router import RouterModel
+from fusionroute.trainers import (
+    MixConfig,
+    PreferencePair,
+    RoutingConfig,
+    mix_train,
+    preference_reference,
+    router_sft_loss,
+    train_router_sft,
+)
+from fusionroute.training import OptimConfig
+from fusionroute.data import collate
+
+TEMPLATE = "### Instruction:\n{}\n\n### Response:\n"
+
+
+def _samples(tokenizer, n=8):
+    pairs = [("Tom has 3 apples.", "3 + 4 = 7. The answer is: 7"), ("Write about cats.", "cats are small.")]
+    return [encode_pair(tokenizer, TEMPLATE.format(pairs[i % 2][0]), pairs[i % 2][1], 64) for i in range(n)]
+
+
+@pytest.fixture()
+def experts(tokenizer):
+    return [make_llama(tokenizer, seed) for seed in (1, 2, 3)]
+
+
+def test_router_roundtrip(tokenizer, tmp_path):
+    router = RouterModel.from_lm(make_llama(tokenizer, 0), ["math", "code", "instruct"], seed=0)
+    ids = torch.tensor([[1, 5, 9, 12]])
+    before = router(ids)
+    router.save_pretrained(tmp_path)
+    loaded = RouterModel.from_pretrained(tmp_path)
+    after = loaded(ids)
+    assert loaded.config.expert_names == ["math", "code", "instruct"]
+    assert torch.allclose(before.logits, after.logits) and torch.allclose(before.routing_logits, after.routing_logits)
+    assert before.routing_logits.shape == (1, 4, 3)
+    with pytest.raises(FileNotFoundError, match="router_config.json"):
+        RouterModel.from_pretrained(tmp_path / "missing")
+
+
+def test_expert_features_line_up_and_roundtrip(tokenizer, experts, tmp_path):
+    samples = _samples(tokenizer, 4)
+    feats = compute_expert_features(experts, samples, tokenizer.pad_token_id, batch_size=3)
+    for enc, feat in zip(samples, feats):
+        n_response = sum(1 for label in enc.labels[1:] if label != -100)
+        assert feat["gold"].shape == (n_response, 3) and feat["argmax"].shape == (n_response, 3)
+        assert (feat["gold"] <= 0).all()
+    # gold log-probs equal a direct computation with expert 1 on sample 0
+    logits = experts[1](torch.tensor([samples[0].input_ids])).logits[0, :-1].log_softmax(-1)
+    targets = torch.tensor(samples[0].input_ids[1:])
+    mask = torch.tensor(samples[0].labels[1:]) != -100
+    direct = logits[torch.arange(len(targets)), targets][mask]
+    assert torch.allclose(feats[0]["gold"][:, 1], direct, atol=1e-5)
+    save_features(tmp_path / "f.pt", feats, {"experts": 3})
+    loaded, meta = load_features(tmp_path / "f.pt")
+    assert meta == {"experts": 3} and torch.equal(loaded[2]["argmax"], feats[2]["argmax"])
+
+
+def test_sft_teaches_the_routing_head_to_pick_the_best_expert(tokenizer, experts):
+    samples = _samples(tokenizer, 8)
+    feats = compute_expert_features(experts, samples, tokenizer.pad_token_id)
+    for f in feats:  # make expert 2 the best on every position and the experts disagree everywhere
+        f["gold"][:, 2] = 0.0
+        f["gold"][:, :2] = -5.0
+        f["argmax"] = torch.arange(3, dtype=torch.int32).expand(len(f["argmax"]), 3).clone()
+    router = RouterModel.from_lm(make_llama(tokenizer, 0), ["a", "b", "c"], seed=0)
+    cfg = OptimConfig(steps=30, batch_size=4, lr=1e-2, seed=0)
+    log = train_router_sft(router, samples, feats, cfg, RoutingConfig(lam=1.0), tokenizer.pad_token_id)
+    assert log[-1]["loss"] < log[0]["loss"]
+    out = router(torch.tensor([samples[0].input_ids]))
+    assert (out.routing_logits[0].argmax(-1) == 2).float().mean() > 0.9
+
+
+def test_mixture_reading_never_updates_experts(tokenizer, experts):
+    samples = _samples(tokenizer, 4)
+    feats = compute_expert_features(experts, samples, tokenizer.pad_token_id)
+    router = RouterModel.from_lm(make_llama(tokenizer, 0), ["a", "b", "c"], seed=0)
+    before = [p.detach().clone() for p in experts[0].parameters()]
+    batch = collate(samples, tokenizer.pad_token_id)
+    loss, parts = router_sft_loss(router, batch, feats, RoutingConfig(reading="mixture"), experts)
+    loss.backward()
+    assert parts["route"] > 0
+    assert all(p.grad is None for e in experts for p in e.parameters())
+    assert router.routing_head.weight.grad is not None and router.routing_head.weight.grad.abs().sum() > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, experts[0].parameters()))
+
+
+def _pairs(tokenizer, n=6):
+    out = []
+    for i in range(n):
+        prompt = TEMPLATE.format(f"Tom has {i} apples. He buys 2 more.")
+        out.append(PreferencePair(encode_pair(tokenizer, prompt, f"The answer is: {i + 2}", 64),
+                                  encode_pair(tokenizer, prompt, f"The answer is: {i + 3}", 64)))
+    return out
+
+
+def test_cdpo_bias_uses_the_expert_the_reference_router_picks(tokenizer, experts):
+    pairs = _pairs(tokenizer, 3)
+    chosen = compute_expert_features(experts, [p.chosen for p in pairs], tokenizer.pad_token_id)
+    rejected = compute_expert_features(experts, [p.rejected for p in pairs], tokenizer.pad_token_id)
+    router = RouterModel.from_lm(make_llama(tokenizer, 0), ["a", "b", "c"], seed=0)
+    with torch.no_grad():  # routing head picks expert 1 everywhere: only its logit is nonzero and positive
+        router.routing_head.weight.zero_()
+    hidden = router(torch.tensor([pairs[0].chosen.input_ids])).logits  # warm-up (no effect)
+    del hidden
+
+    class PickOne(torch.nn.Module):
+        def forward(self, h):
+            out = torch.zeros(*h.shape[:-1], 3)
+            out[..., 1] = 1.0
+            return out
+
+    router.routing_head = PickOne()
+    feats = [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected)]
+    frozen = preference_reference(router, pairs, tokenizer.pad_token_id, beta=0.1, pair_features=feats)
+    expected = torch.stack([0.1 * (c["gold"][:, 1].sum() - r["gold"][:, 1].sum()) for c, r in zip(chosen, rejected)])
+    assert torch.allclose(frozen["bias"], expected, atol=1e-5)
+    lm_only = preference_reference(router.lm, pairs, tokenizer.pad_token_id, beta=0.1)
+    assert torch.equal(lm_only["bias"], torch.zeros(3))
+    assert torch.allclose(lm_only["ref_chosen"], frozen["ref_chosen"], atol=1e-5)
+
+
+def test_mix_training_routing_head_gets_no_gradient_from_cdpo(tokenizer, experts):
+    pairs = _pairs(tokenizer, 6)
+    chosen = compute_expert_features(experts, [p.chosen for p in pairs], tokenizer.pad_token_id)
+    rejected = compute_expert_features(experts, [p.rejected for p in pairs], tokenizer.pad_token_id)
+    feats = [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected)]
+    router = RouterModel.from_lm(make_llama(tokenizer, 0), ["a", "b", "c"], seed=0)
+    frozen = preference_reference(router, pairs, tokenizer.pad_token_id, 0.1, feats)
+    head_before = router.routing_head.weight.detach().clone()
+    lm_before = router.lm.lm_head.weight.detach().clone()
+    cfg = OptimConfig(steps=5, batch_size=4, lr=1e-2, seed=0)
+    # preference samples only: the routing head must stay exactly as it was, the LM must move
+    log = mix_train(router, [], [], pairs, frozen, cfg, MixConfig(), tokenizer.pad_token_id, "mix")
+    assert torch.equal(router.routing_head.weight, head_before)
+    assert not torch.equal(router.lm.lm_head.weight, lm_before)
+    assert log[-1]["loss"] < log[0]["loss"]
+
+
+def test_mix_training_updates_the_routing_head_from_sft_samples(tokenizer, experts):
+    samples = _samples(tokenizer, 6)
+    sft_feats = compute_expert_features(experts, samples, tokenizer.pad_token_id)
+    pairs = _pairs(tokenizer, 6)
+    router = RouterModel.from_lm(make_llama(tokenizer, 0), ["a", "b", "c"], seed=0)
+    frozen = preference_reference(router.lm, pairs, tokenizer.pad_token_id, 0.1)
+    head_before = router.routing_head.weight.detach().clone()
+    mix_train(router, samples, sft_feats, pairs, frozen, OptimConfig(steps=3, batch_size=6, lr=1e-2),
+              MixConfig(), tokenizer.pad_token_id, "mix")
+    assert not torch.equal(router.routing_head.weight, head_before)
+    with pytest.raises(ValueError, match="expert features"):
+        mix_train(router, samples, None, pairs, frozen, OptimConfig(steps=1, batch_size=2, lr=1e-3),
+                  MixConfig(), tokenizer.pad_token_id, "mix")
