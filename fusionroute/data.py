@@ -70,14 +70,37 @@ def collate(batch: Sequence[Encoded], pad_token_id: int) -> dict[str, torch.Tens
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> Iterator[list[int]]:
-    """`steps` batches of indices: seeded shuffled epochs, reshuffled each pass, never partial."""
+def batch_indices(
+    n: int, batch_size: int, steps: int, seed: int, lengths: Sequence[int] | None = None, group: int = 32
+) -> Iterator[list[int]]:
+    """`steps` batches of indices: seeded shuffled epochs, reshuffled each pass, never partial.
+
+    With `lengths`, each run of `group` consecutive batches of an epoch is sorted by length
+    before being cut, so a batch holds sequences of similar length and padding (pure wasted
+    compute on a CPU) mostly disappears; the order of those batches is shuffled again.
+    """
     if n == 0:
         raise ValueError("cannot draw batches from an empty dataset")
     generator = torch.Generator().manual_seed(seed)
+    pending: list[list[int]] = []
     order: list[int] = []
-    for _ in range(steps):
-        while len(order) < batch_size:
-            order.extend(torch.randperm(n, generator=generator).tolist())
-        yield order[:batch_size]
-        order = order[batch_size:]
+    produced = 0
+    while produced < steps:
+        if not pending:
+            while len(order) < batch_size * group:
+                order.extend(torch.randperm(n, generator=generator).tolist())
+            window, order = order[: batch_size * group], order[batch_size * group :]
+            if lengths is not None:
+                window.sort(key=lambda i: lengths[i])
+            pending = [window[k : k + batch_size] for k in range(0, len(window), batch_size)]
+            if lengths is not None:
+                perm = torch.randperm(len(pending), generator=generator).tolist()
+                pending = [pending[k] for k in perm]
+        yield pending.pop(0)
+        produced += 1
+
+
+def pack_texts(encoded: Sequence[Encoded], block: int) -> list[Encoded]:
+    """Concatenate pretraining sequences and cut them into full `block`-token pieces (no padding)."""
+    stream = [t for enc in encoded for t in enc.input_ids]
+    return [Encoded(stream[k : k + block], stream[k : k + block]) for k in range(0, len(stream) - block + 1, block)]

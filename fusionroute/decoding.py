@@ -23,8 +23,18 @@ Implementations (all greedy, all give the same tokens and expert ids):
 - ``greedy_generate``: one model (an expert, the fine-tuned model, a merge), batched with left
   padding and a KV cache.
 
+Cost model (see scripts/bench_decoding.py for measurements). Per step the fast decoder makes
+1 + (number of distinct experts selected in the batch) model calls; the naive one 1 + n_experts.
+Catch-up does not save the experts' compute: an expert that a row uses again must process every
+token of the prefix eventually, so only the tokens after an expert's last use by a row are
+saved. The gain is therefore in model calls (weight reads and per-call overhead), which dominate
+small-batch decoding (about 2x the naive loop at batch 1 with three experts); when the batch is
+large enough that decoding is compute-bound and every expert is selected by some row at every
+step, fast and naive cost about the same.
+
 Conventions:
 
+- ``pad_token_id`` only fills masked slots (``None``: 0).
 - ``token_ids`` are the emitted tokens; a row that stops on ``eos_token_id`` ends with that eos
   token (it was emitted, selected an expert and cost forwards). ``eos_token_id=None``: no eos stop.
 - ``forwards`` counts model invocations that processed this row: every router call and every
@@ -32,6 +42,9 @@ Conventions:
   across methods as "model forwards per emitted token" = ``forwards / len(token_ids)``.
 - All models must share one vocabulary: the logits' vocab dimension is checked (``ValueError``).
   Tokenizer identity is the ExpertPool's check.
+- The caches treat every layer as full attention (HF builds the masks from our 2-D masks and
+  explicit positions). Sliding-window layers (e.g. Gemma-2's local layers) are exact only while a
+  sequence fits in the window (4096 tokens for Gemma-2): their window would count padded slots.
 """
 from __future__ import annotations
 
@@ -223,12 +236,13 @@ class _RowCache(Cache):
         call: Callable[..., object],
         rows: list[int],
         chunks: list[list[int]],
-        pad_token_id: int,
+        pad_token_id: int | None,
         device: torch.device,
     ) -> object:
         """One forward of `call` over storage rows `rows`, each reading its new tokens `chunks[i]`
         after its cached tokens; returns the model output (logits of the last position only)."""
         n = len(rows)
+        pad_token_id = 0 if pad_token_id is None else pad_token_id  # padded slots are masked: any id works
         lens = [len(c) for c in chunks]
         C = max(lens)
         ends = [self.end[r] for r in rows]
@@ -237,48 +251,45 @@ class _RowCache(Cache):
         same_end = all(e == E for e in ends)
         same_len = all(c == C for c in lens)
         inplace = contiguous and same_end and (same_len or E == 0) and E + C <= self.capacity
-        ids = torch.full((n, C), pad_token_id, dtype=torch.long)
-        pos = torch.zeros((n, C), dtype=torch.long)
-        for i, (r, chunk) in enumerate(zip(rows, chunks)):
-            pad = C - len(chunk)
-            ids[i, pad:] = torch.tensor(chunk, dtype=torch.long)
-            first = self.end[r] - self.start[r]
-            pos[i, pad:] = torch.arange(first, first + len(chunk))
+        ids: list[int] = []
+        pos: list[int] = []
+        for r, chunk in zip(rows, chunks):
+            pad, first = C - len(chunk), self.end[r] - self.start[r]
+            ids += [pad_token_id] * pad + chunk
+            pos += [0] * pad + list(range(first, first + len(chunk)))
+        mask = None
         if inplace:
             past = E
-            new_start = [E + C - c if E == 0 else self.start[r] for r, c in zip(rows, lens)]
-            starts = new_start
-            need_mask = any(s > 0 for s in starts)
-            mask = None
-            if need_mask:
-                col = torch.arange(past + C)
-                mask = col[None, :] >= torch.tensor(starts)[:, None]
+            new_start = [E + C - c for c in lens] if E == 0 else [self.start[r] for r in rows]
+            if any(new_start):
+                mask = [[False] * s + [True] * (past + C - s) for s in new_start]
             plan = _Plan(past_len=past, inplace=(rows[0], rows[0] + n))
         else:
             past = max(ends)
             new_start = [self.start[r] for r in rows]
-            col = torch.arange(past + C)
-            starts_t = torch.tensor(new_start)[:, None]
-            ends_t = torch.tensor(ends)[:, None]
-            lens_t = torch.tensor(lens)[:, None]
-            mask = ((col >= starts_t) & (col < ends_t)) | (col >= past + C - lens_t)
+            mask = [
+                [False] * s + [True] * (e - s) + [False] * (past - e + C - c) + [True] * c
+                for s, e, c in zip(new_start, ends, lens)
+            ]
             # the real new tokens: chunk column t of batch row i goes to store column end + t - pad
-            src_b = torch.repeat_interleave(torch.arange(n), torch.tensor(lens))
-            src_t = torch.cat([torch.arange(C - c, C) for c in lens])
-            dst_r = torch.repeat_interleave(torch.tensor(rows), torch.tensor(lens))
-            dst_c = torch.cat([torch.arange(e, e + c) for e, c in zip(ends, lens)])
+            scatter: list[list[int]] = [[], [], [], []]
+            for i, (r, e, c) in enumerate(zip(rows, ends, lens)):
+                scatter[0] += [i] * c
+                scatter[1] += range(C - c, C)
+                scatter[2] += [r] * c
+                scatter[3] += range(e, e + c)
             plan = _Plan(
                 past_len=past,
                 inplace=None,
                 rows_t=torch.tensor(rows, dtype=torch.long, device=device),
-                scatter=tuple(t.to(device) for t in (src_b, src_t, dst_r, dst_c)),
+                scatter=tuple(torch.tensor(x, dtype=torch.long, device=device) for x in scatter),
             )
         self.plan = plan
         try:
             out = call(
-                input_ids=ids.to(device),
-                attention_mask=None if mask is None else mask.to(device),
-                position_ids=pos.to(device),
+                input_ids=torch.tensor(ids, dtype=torch.long, device=device).view(n, C),
+                attention_mask=None if mask is None else torch.tensor(mask, dtype=torch.bool, device=device),
+                position_ids=torch.tensor(pos, dtype=torch.long, device=device).view(n, C),
                 past_key_values=self,
                 use_cache=True,
                 logits_to_keep=1,
@@ -352,7 +363,7 @@ def fused_generate(
     prompts_ids: list[list[int]],
     max_new_tokens: int,
     eos_token_id: int | None,
-    pad_token_id: int,
+    pad_token_id: int | None,
     use_complementary: bool = True,
     overhead_tokens: int = 16,
 ) -> list[FusedOutput]:
@@ -429,7 +440,7 @@ def naive_fused_generate(
     prompts_ids: list[list[int]],
     max_new_tokens: int,
     eos_token_id: int | None,
-    pad_token_id: int,
+    pad_token_id: int | None,
     use_complementary: bool = True,
 ) -> list[FusedOutput]:
     """Eq. 1 decoding that runs the router and EVERY expert on every live row at every step (each
@@ -493,7 +504,7 @@ def reference_fused_generate(
     prompts_ids: list[list[int]],
     max_new_tokens: int,
     eos_token_id: int | None,
-    pad_token_id: int,
+    pad_token_id: int | None,
     use_complementary: bool = True,
 ) -> list[FusedOutput]:
     """The test oracle: one row at a time, no padding, no cache; at every step the router and the
@@ -535,7 +546,7 @@ def greedy_generate(
     prompts_ids: list[list[int]],
     max_new_tokens: int,
     eos_token_id: int | None,
-    pad_token_id: int,
+    pad_token_id: int | None,
 ) -> list[list[int]]:
     """Greedy decoding of one model, batched with left padding and a KV cache. Returns the emitted
     tokens of each prompt (a final eos included), in prompt order."""

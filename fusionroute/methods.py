@@ -20,6 +20,11 @@ def decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def without_eos(ids: list[int], eos_token_id: int | None) -> int:
+    """How many of the emitted `ids` are content: the decoders return a final EOS too."""
+    return len(ids) - 1 if ids and ids[-1] == eos_token_id else len(ids)
+
+
 @dataclass
 class SingleModelGenerator:
     """Greedy decoding with one causal LM (an expert, a merge, the fine-tuned model)."""
@@ -32,7 +37,10 @@ class SingleModelGenerator:
 
         outputs = greedy_generate(self.model, encode_prompts(self.tokenizer, prompts), max_new_tokens,
                                   self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
-        return [Completion(decode(self.tokenizer, ids), list(ids), forwards=len(ids) + 1) for ids in outputs]
+        eos = self.tokenizer.eos_token_id
+        # one forward per emitted token (the EOS step included)
+        return [Completion(decode(self.tokenizer, ids), list(ids[: without_eos(ids, eos)]), forwards=len(ids))
+                for ids in outputs]
 
 
 @register_method("single")
@@ -56,10 +64,13 @@ class FusionRouteGenerator:
         outputs = fused_generate(self.router, self.experts, encode_prompts(self.tokenizer, prompts), max_new_tokens,
                                  self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
                                  use_complementary=self.use_complementary)
-        return [
-            Completion(decode(self.tokenizer, out.token_ids), list(out.token_ids), list(out.expert_ids), out.forwards)
-            for out in outputs
-        ]
+        eos = self.tokenizer.eos_token_id
+        completions = []
+        for out in outputs:
+            n = without_eos(out.token_ids, eos)
+            completions.append(Completion(decode(self.tokenizer, out.token_ids), list(out.token_ids[:n]),
+                                          list(out.expert_ids[:n]), out.forwards))
+        return completions
 
 
 @register_method("fusionroute")

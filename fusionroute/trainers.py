@@ -39,6 +39,10 @@ def _micro_batches(indices: list[int], size: int) -> Iterator[list[int]]:
         yield indices[start : start + size]
 
 
+def _lengths(encoded: Sequence[Encoded]) -> list[int]:
+    return [len(e.input_ids) for e in encoded]
+
+
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -49,7 +53,7 @@ def train_lm(
 ) -> list[dict]:
     """Plain next-token training on the labelled positions of `encoded`."""
     model.train()
-    schedule = list(batch_indices(len(encoded), cfg.batch_size, cfg.steps, cfg.seed))
+    schedule = list(batch_indices(len(encoded), cfg.batch_size, cfg.steps, cfg.seed, _lengths(encoded)))
 
     def step_loss(step: int) -> Iterator[torch.Tensor]:
         for micro in _micro_batches(schedule[step], cfg.micro_batch_size):
@@ -115,7 +119,7 @@ def train_router_sft(
     if len(features) != len(encoded):
         raise ValueError(f"{len(features)} expert-feature rows for {len(encoded)} SFT samples")
     router.train()
-    schedule = list(batch_indices(len(encoded), cfg.batch_size, cfg.steps, cfg.seed))
+    schedule = list(batch_indices(len(encoded), cfg.batch_size, cfg.steps, cfg.seed, _lengths(encoded)))
 
     def step_loss(step: int) -> Iterator[torch.Tensor]:
         for micro in _micro_batches(schedule[step], cfg.micro_batch_size):
@@ -227,7 +231,9 @@ def mix_train(
     routing = RoutingConfig(lam=mix.lam, reading=mix.reading)
     policy.train()
     pool = [("sft", i) for i in range(len(sft))] + [("pref", j) for j in range(len(pairs))]
-    schedule = list(batch_indices(len(pool), cfg.batch_size, cfg.steps, cfg.seed))
+    lengths = [len(sft[i].input_ids) if kind == "sft" else len(pairs[i].chosen.input_ids) + len(pairs[i].rejected.input_ids)
+               for kind, i in pool]
+    schedule = list(batch_indices(len(pool), cfg.batch_size, cfg.steps, cfg.seed, lengths))
     device = next(policy.parameters()).device
 
     def step_loss(step: int) -> Iterator[torch.Tensor]:

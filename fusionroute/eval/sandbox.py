@@ -5,7 +5,7 @@ nothing else in the package executes generated code.
 
 Process layout (one sandbox run)::
 
-    harness thread ── Popen ──> [unshare ...] python -I -c _BOOTSTRAP cfg      ("init")
+    harness thread ── Popen ──> [unshare ...] python -I -S -c _BOOTSTRAP cfg   ("init")
                                    └─ fork ──> guard   (the program's parent)
                                                  └─ fork ──> program           (exec()s the code)
 
@@ -31,8 +31,12 @@ untrusted code runs, and never appears in argv, the environment or on disk. Henc
 ``os.write``/``os._exit``/builtins (the sentinel uses references captured before the program
 ran), a killed guard/parent (status != 0) and a killed or timed-out program are all failures.
 
-Isolation actually achieved depends on the machine; :func:`detect_isolation` probes once and
-:class:`Isolation` records what is in force (scores.json can carry it):
+Isolation actually achieved depends on the machine. :func:`detect_isolation` tries set-ups
+from strongest to weakest (namespaces + read-only mounts + cgroups; namespaces + cgroups;
+cgroups only; nothing) by really running a passing and a failing probe program under each, and
+keeps the first that behaves -- so a machine that refuses, e.g., the remounts degrades instead of
+turning every program into an error. :class:`Isolation` records what is in force (scores.json
+carries it under "sandbox"). FUSIONROUTE_SANDBOX=none forces the weakest set-up.
 
 * network: a fresh, empty network namespace (``unshare --net``; only a down loopback), else a
   preamble that replaces the ``socket`` API -- weaker: ctypes/``_socket`` tricks can bypass it.
@@ -40,7 +44,10 @@ Isolation actually achieved depends on the machine; :func:`detect_isolation` pro
   dies with ``init``) plus a per-run pids cgroup (hard cap on tasks, counts threads) when the
   cgroup fs is writable (root); else RLIMIT_NPROC, which only binds for a non-root uid (root is
   exempt from it in the kernel) -- as root without cgroups a fork bomb is bounded only by the
-  wall-clock timeout and the kill of the whole namespace.
+  wall-clock timeout and the kill of the whole namespace. Without a PID namespace, stragglers
+  (even ones that called setsid()) are killed through the cgroup; without either, only the
+  process group is killed, so a setsid() daemon can outlive the run (weaker). Killed orphans
+  outside a PID namespace are reaped by the host's init, not by us.
 * memory: RLIMIT_AS per process (a 10 GB allocation fails with MemoryError) plus a per-run
   memory cgroup when available (bounds the sum over a fork bomb).
 * filesystem: a private mount namespace in which every mount is read-only except a fresh,
@@ -59,7 +66,7 @@ whose ``__eq__`` is always True). Model outputs are treated as buggy, not advers
 """
 from __future__ import annotations
 
-import json
+import logging
 import math
 import os
 import secrets
@@ -69,14 +76,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
+
+log = logging.getLogger(__name__)
 
 PASSED, FAILED, TIMEOUT, ERROR, KILLED = "passed", "failed", "timeout", "error", "killed"
 STATUSES = (PASSED, FAILED, TIMEOUT, ERROR, KILLED)
@@ -153,13 +161,20 @@ class SandboxResult:
 
 
 # ----------------------------------------------------------------------------------------------
-# Child side. Runs as `python -I -c _BOOTSTRAP <json>`; stdlib only, no package imports (the
+# Child side. Runs as `python -I -S -c _BOOTSTRAP <json>`; stdlib only, no package imports (the
 # package may not even be importable by the child's interpreter).
 # ----------------------------------------------------------------------------------------------
 _BOOTSTRAP = r'''
-import builtins, ctypes, json, os, resource, sys, types
+import builtins, ctypes, os, resource, site, sys, types
 
-CFG = json.loads(sys.argv[1])
+# Started with -S: skipping site.main() (and the venv's .pth files, e.g. editable-install
+# finders) cuts interpreter start-up from ~35 to ~10 ms. Re-add what programs may rely on:
+# site-packages on sys.path (numpy & co.) and the exit()/quit() builtins.
+sys.path.extend(p for p in site.getsitepackages() if os.path.isdir(p))
+site.setquit()
+# Our own trusted config as a Python literal: eval without builtins costs nothing, whereas
+# importing json (re, enum, collections...) costs ~10 ms of every run's start-up.
+CFG = eval(sys.argv[1], {"__builtins__": {}})
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
     1, 2, 4, 8, 32, 4096, 16384, 1 << 18)
 _FLAG_OF_OPTION = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
@@ -262,14 +277,21 @@ def run_program(source, nonce, result_fd):
         code = compile(source, "program.py", "exec", dont_inherit=True, optimize=0)
         exec(code, main.__dict__)
     except base_exc as exc:
+        flush_quietly(flush_out, flush_err, base_exc)
         report_exception(exc, write, result_fd)
         exit_(1)
-    try:
-        flush_out(); flush_err()
-    except base_exc:
-        pass
+    flush_quietly(flush_out, flush_err, base_exc)
     write(result_fd, b"PASS " + nonce + b"\n")
     exit_(0)
+
+
+def flush_quietly(flush_out, flush_err, base_exc):
+    """os._exit skips buffer flushing; keep the program's output for the result."""
+    for flush in (flush_out, flush_err):
+        try:
+            flush()
+        except base_exc:
+            pass
 
 
 def report_exception(exc, write, result_fd):
@@ -377,31 +399,46 @@ def _can_create_cgroup(parent: str) -> bool:
             pass
 
 
-@lru_cache(maxsize=None)
-def detect_isolation(python: str = sys.executable) -> Isolation:
-    """Probe once what this machine allows; FUSIONROUTE_SANDBOX=none forces the weakest mode."""
-    if os.environ.get("FUSIONROUTE_SANDBOX", "").lower() == "none":
-        return minimal_isolation()
+def _candidates(python: str) -> list[Isolation]:
+    """Isolation set-ups from strongest to weakest that this machine might support."""
     is_root = os.geteuid() == 0
     prefix = _ROOT_UNSHARE if is_root else _USER_UNSHARE
-    if not (shutil.which("unshare") and _probe([*prefix, python, "-I", "-c", "pass"])):
-        prefix = ()
+    has_ns = bool(shutil.which("unshare")) and _probe([*prefix, python, "-I", "-S", "-c", "pass"])
     cgroups, version = _cgroup_parents() if is_root else ((), 0)
-    return Isolation(
-        unshare_prefix=prefix,
-        cgroup_dirs=cgroups,
-        cgroup_version=version,
-        remount_readonly=bool(prefix),
-        drop_caps=is_root or bool(prefix),
-        # root (uid 0 in the host user namespace) is exempt from RLIMIT_NPROC; a user
-        # namespace counts tasks per namespace, so the limit is then per run.
-        set_nproc=not is_root,
-    )
+    # root (uid 0 of the host user namespace) is exempt from RLIMIT_NPROC; inside a user
+    # namespace the count is per namespace, i.e. per run; otherwise it counts all our tasks.
+    base = {"cgroup_dirs": cgroups, "cgroup_version": version, "set_nproc": not is_root}
+    found = []
+    if has_ns:
+        found.append(Isolation(unshare_prefix=prefix, remount_readonly=True, drop_caps=True,
+                               **base))
+        found.append(Isolation(unshare_prefix=prefix, drop_caps=True, **base))
+    if cgroups:
+        found.append(Isolation(drop_caps=is_root, **base))
+    found.append(minimal_isolation())
+    return found
+
+
+@lru_cache(maxsize=None)
+def detect_isolation(python: str = sys.executable) -> Isolation:
+    """The strongest set-up under which a sandboxed run actually works here (probed once, by
+    running a passing and a failing program). FUSIONROUTE_SANDBOX=none forces the weakest."""
+    if os.environ.get("FUSIONROUTE_SANDBOX", "").lower() == "none":
+        return minimal_isolation()
+    probe_limits = SandboxLimits(timeout_s=30)
+    for candidate in _candidates(python):
+        ok = run_program("assert True\n", probe_limits, candidate, python).passed
+        if ok and run_program("assert False\n", probe_limits, candidate, python).status == FAILED:
+            return candidate
+        log.warning("sandbox set-up %s does not work here; trying a weaker one",
+                    candidate.describe())
+    return minimal_isolation()
 
 
 def minimal_isolation() -> Isolation:
     """No namespaces/cgroups: rlimits, process-group kill, socket preamble, temp workdir."""
-    return Isolation(drop_caps=os.geteuid() == 0, set_nproc=os.geteuid() != 0)
+    is_root = os.geteuid() == 0
+    return Isolation(drop_caps=is_root, set_nproc=not is_root)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -643,11 +680,15 @@ def _run_in(workdir: str, source: str, limits: SandboxLimits, isolation: Isolati
            "limits": {"cpu_seconds": limits.cpu_seconds, "memory_mb": limits.memory_mb,
                       "max_file_mb": limits.max_file_mb,
                       "max_open_files": limits.max_open_files}}
-    cmd = [*isolation.unshare_prefix, python, "-I", "-c", _BOOTSTRAP, json.dumps(cfg)]
+    cmd = [*isolation.unshare_prefix, python, "-I", "-S", "-c", _BOOTSTRAP, repr(cfg)]
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, pass_fds=(nonce_r, result_w),
                                 start_new_session=True, cwd=workdir, env=_child_env(workdir))
+    except OSError:
+        os.close(nonce_w)
+        os.close(result_r)
+        raise
     finally:
         os.close(nonce_r)
         os.close(result_w)

@@ -279,8 +279,12 @@ class CodeProblem:
         lines = [f"    assert {self._call('candidate', a)} == {out!r}" for a, out in self.tests]
         return "def check(candidate):\n" + "\n".join(lines) + "\n"
 
-    def buggy_bodies(self) -> list[str]:
-        """Mutated bodies that compile and fail at least one test."""
+    def buggy_bodies(self, generic: bool = True) -> list[str]:
+        """Mutated bodies that compile and fail at least one test.
+
+        Targeted mutations (operators, comparisons, bounds, constants +-1) come first;
+        ``generic`` adds a last-resort change of the returned value (+1 / not / [1:]).
+        """
         out = []
         body = self.body
         cands: list[str] = []
@@ -295,7 +299,7 @@ class CodeProblem:
         # generic off-by-one / negation of the returned value as a last resort
         last = body.rstrip().split("\n")[-1]
         expr = last.strip()[len("return "):]
-        if last.strip().startswith("return "):
+        if generic and last.strip().startswith("return "):
             outs = [o for _, o in self.tests]
             if all(isinstance(o, bool) for o in outs):
                 cands.append(body.replace(last, last.replace(expr, f"not ({expr})")))

@@ -12,6 +12,7 @@ def benchmark_params(benchmark):
         "n": spec["n"],
         "seed": SEED,
         "source": "tiny" if tiny_world else "hub",
+        "level": config.get("tiny", {}).get("level"),
         "data_path": spec.get("data"),
         "hub_id": spec.get("hub_id"),
     }

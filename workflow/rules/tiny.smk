@@ -9,7 +9,7 @@ rule tiny_data:
     params:
         seed=SEED,
         sizes=TINY.get("sizes"),
-        level=TINY.get("level", 1),
+        level=TINY.get("level"),
     log:
         f"logs/{WORLD}/tiny_data.log",
     benchmark:
@@ -28,7 +28,7 @@ rule tiny_tokenizer:
         tokenizer=directory(f"{BUILD}/tokenizer"),
     params:
         vocab_size=TINY.get("vocab_size"),
-        prompt_template=config["prompt_template"],
+        prompt_template=lambda w: config["prompt_template"],
     log:
         f"logs/{WORLD}/tiny_tokenizer.log",
     script:
@@ -43,11 +43,12 @@ rule tiny_base:
         model=directory(f"{BUILD}/{{family}}/base"),
         log=f"{BUILD}/{{family}}/logs/base.json",
     params:
-        **COMMON,
+        common=lambda w: COMMON,
         architecture=TINY.get("architecture"),
         optim=TINY.get("pretrain"),
+        block_size=TINY.get("block_size"),
         max_positions=config["max_len"] + config["generation"]["max_new_tokens"] + 64,
-    threads: config["threads"]
+    threads: workflow.cores  # alone on the critical path: take every core
     log:
         f"logs/{WORLD}/{{family}}/tiny_base.log",
     benchmark:
@@ -65,9 +66,9 @@ rule tiny_expert:
         log=f"{BUILD}/{{family}}/logs/expert_{{expert}}.json",
     params:
         step="finetune_lm",
-        **COMMON,
+        common=lambda w: COMMON,
         models=lambda w: {"tokenizer": f"{BUILD}/tokenizer", "init": f"{BUILD}/{w.family}/base"},
-        optim=TINY.get("expert"),
+        optim=lambda w: {**TINY.get("expert", {}), **TINY.get("expert_overrides", {}).get(w.expert, {})},
         desc=lambda w: f"expert {w.expert}",
     threads: config["threads"]
     log:

@@ -15,7 +15,7 @@ rule expert_features:
         sft=f"{BUILD}/{{family}}/features/sft.pt",
         preferences=f"{BUILD}/{{family}}/features/preferences.pt",
     params:
-        **COMMON,
+        common=lambda w: COMMON,
         models=lambda w: models_param(w.family, {"experts": "experts"}),
         expert_names=lambda w: experts(w.family),
     threads: config["threads"]
@@ -38,7 +38,7 @@ rule router_sft:
         model=directory(f"{BUILD}/{{family}}/router_sft"),
         log=f"{BUILD}/{{family}}/logs/router_sft.json",
     params:
-        **COMMON,
+        common=lambda w: COMMON,
         models=lambda w: models_param(w.family, {"init": FAMILIES[w.family]["router_init"], "experts": "experts"}),
         expert_names=lambda w: experts(w.family),
         optim={k: v for k, v in FR["sft"].items() if k not in ("lam", "reading")},
@@ -70,7 +70,7 @@ rule router_mix:
         log=f"{BUILD}/{{family}}/logs/router_mix.json",
     params:
         step="mix_train",
-        **COMMON,
+        common=lambda w: COMMON,
         policy="router",
         models=lambda w: models_param(w.family, {"init": "router_sft"}),
         optim={k: v for k, v in FR["mix"].items() if k not in MIX_KEYS},
@@ -95,7 +95,7 @@ rule finetuned_sft:
         log=f"{BUILD}/{{family}}/logs/finetuned_sft.json",
     params:
         step="finetune_lm",
-        **COMMON,
+        common=lambda w: COMMON,
         models=lambda w: models_param(w.family, {"init": FAMILIES[w.family]["router_init"]}),
         optim=FT["sft"],
         desc="fine-tuned SFT",
@@ -120,7 +120,7 @@ rule finetuned_mix:
         log=f"{BUILD}/{{family}}/logs/finetuned_mix.json",
     params:
         step="mix_train",
-        **COMMON,
+        common=lambda w: COMMON,
         policy="lm",
         models=lambda w: models_param(w.family, {"init": "finetuned_sft"}),
         optim={k: v for k, v in FT["mix"].items() if k not in MIX_KEYS},

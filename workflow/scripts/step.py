@@ -18,7 +18,9 @@ smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
 inputs = {k: _plain(v) for k, v in smk.input.items()}
 outputs = {k: _plain(v) for k, v in smk.output.items()}
 params = {k: _plain(v) for k, v in smk.params.items()}
-params.update(params.pop("cell", {}))  # a rule may compute all its params in one function
+# Settings computed by functions (Snakemake would read braces in plain strings as wildcards).
+for merged in ("common", "cell"):
+    params.update(params.pop(merged, {}))
 name = params.pop("step", smk.rule)
 with open(smk.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
     try:

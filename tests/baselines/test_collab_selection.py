@@ -1,0 +1,137 @@
+"""Sequence Selection and Collab on real tiny models with KNOWN behaviour.
+
+Experts are exact bigram Llamas (baseline_helpers.bigram_expert); the reward model is a real tiny
+LlamaForSequenceClassification whose reward grows with the share of "7" tokens in the text.
+"""
+from __future__ import annotations
+
+
+import pytest
+
+from baseline_helpers import TEMPLATE, bigram_expert, density_reward_model, save_model, token_id
+from baselines.collab import Collab, CollabParams
+from baselines.reward import RewardScorer
+from baselines.sequence_selection import SequenceSelection, greedy_with_steps
+from fusionroute.data import render_prompt
+from fusionroute.generation import MethodContext, build_generator, run_generation
+
+# E0: a first, b second; b leads to 7s.  E1: c then EOS (d second).  E2: always 7.  E3: a first, 7 second.
+TABLES = {
+    "E0": {"*": {"a": 10, "b": 9}, "a": {"a": 10}, "b": {"7": 10}, "7": {"7": 10}},
+    "E1": {"*": {"c": 10, "d": 5}, "c": {"</s>": 10}},
+    "E2": {"*": {"7": 10}},
+    "E3": {"*": {"a": 10, "7": 9}},
+}
+PROMPTS = [render_prompt(TEMPLATE, "Add 3 and 4."), render_prompt(TEMPLATE, "Write a poem about the sea.")]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("collab_world")
+    experts = {name: bigram_expert(tokenizer, table, seed=k) for k, (name, table) in enumerate(TABLES.items())}
+    dirs = {name: save_model(m, tokenizer, root / name) for name, m in experts.items()}
+    rm_dir = save_model(density_reward_model(tokenizer), tokenizer, root / "rm")
+    scorer = RewardScorer.from_pretrained(rm_dir, prompt_template=TEMPLATE)
+    return experts, dirs, rm_dir, scorer
+
+
+def _ids(tokenizer, text):
+    return [token_id(tokenizer, ch) for ch in text]
+
+
+def test_bigram_experts_behave_as_designed(world, tokenizer):
+    experts, *_ = world
+    prompt_ids = [[tokenizer.bos_token_id] + tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]]
+    out = {n: greedy_with_steps(m, prompt_ids, 5, tokenizer.eos_token_id, tokenizer.pad_token_id) for n, m in experts.items()}
+    assert out["E0"] == ([_ids(tokenizer, "aaaaa")], [5])
+    assert out["E1"] == ([_ids(tokenizer, "c")], [2])  # c, then EOS: two forwards
+    assert out["E2"] == ([_ids(tokenizer, "77777")], [5])
+
+
+def test_sequence_selection_picks_rewarded_expert(world, tokenizer):
+    experts, _, _, scorer = world
+    gen = SequenceSelection([experts["E0"], experts["E2"], experts["E1"]], tokenizer, scorer)
+    outs = gen.generate(PROMPTS, max_new_tokens=6)
+    for out in outs:
+        assert out.extra["chosen_expert"] == 1
+        assert out.text == "777777" and out.expert_ids == [1] * 6
+        r = out.extra["rewards"]
+        assert r[1] > r[0] and r[1] > r[2]
+        # E0: 6 steps, E2: 6 steps, E1: 2 steps (c + EOS), plus 3 reward-model forwards
+        assert out.forwards == 6 + 6 + 2 + 3
+    # without the 7-writer nobody scores: the tie goes to the first expert
+    outs = SequenceSelection([experts["E1"], experts["E0"]], tokenizer, scorer).generate(PROMPTS[:1], 4)
+    assert outs[0].extra["chosen_expert"] == 0 and outs[0].text == "c"
+
+
+def test_collab_emits_rewarded_token_from_top_k(world, tokenizer):
+    experts, _, _, scorer = world
+    pair = [experts["E3"], experts["E1"]]
+    out = Collab(pair, tokenizer, scorer, CollabParams(top_k=2, lookahead=0, weight=0.0)).generate(PROMPTS[:1], 4)[0]
+    assert out.text == "7777" and out.expert_ids == [0] * 4  # E3's second choice, every step
+    out = Collab(pair, tokenizer, scorer, CollabParams(top_k=1, lookahead=0, weight=0.0)).generate(PROMPTS[:1], 4)[0]
+    assert "7" not in out.text  # not proposed, cannot be emitted
+
+
+def test_collab_lookahead_and_weight(world, tokenizer):
+    experts, _, _, scorer = world
+    pair = [experts["E0"], experts["E1"]]
+    # No lookahead: nothing distinguishes candidates but the log-prob -> E1's c, then its EOS.
+    out = Collab(pair, tokenizer, scorer, CollabParams(top_k=2, lookahead=0, weight=1e-3)).generate(PROMPTS[:1], 5)[0]
+    assert out.text == "c" and out.expert_ids == [1]
+    # One token of lookahead shows that b leads to 7: b, then 7s.
+    out = Collab(pair, tokenizer, scorer, CollabParams(top_k=2, lookahead=1, weight=1e-3)).generate(PROMPTS[:1], 5)[0]
+    assert out.text == "b7777" and out.expert_ids == [0] * 5
+    # A large weight on the log-prob overrides the reward.
+    out = Collab(pair, tokenizer, scorer, CollabParams(top_k=2, lookahead=1, weight=100.0)).generate(PROMPTS[:1], 5)[0]
+    assert out.text == "c"
+
+
+def test_collab_forward_accounting_and_batching(world, tokenizer):
+    experts, _, _, scorer = world
+    pair = [experts["E0"], experts["E1"]]
+    gen = Collab(pair, tokenizer, scorer, CollabParams(top_k=2, lookahead=3, weight=1e-3))
+    both = gen.generate(PROMPTS, 4)
+    alone = [gen.generate([p], 4)[0] for p in PROMPTS]
+    for b, a in zip(both, alone):
+        assert (b.text, b.token_ids, b.expert_ids, b.forwards) == (a.text, a.token_ids, a.expert_ids, a.forwards)
+    out = both[0]
+    assert out.text == "b777"
+    fpt = out.extra["forwards_per_token"]
+    assert len(fpt) == 4 and out.forwards == sum(fpt)
+    # step 1: 2 proposals; candidates a, b (E0) and c, d (E1): lookaheads a->aaa (3), b->777 (3),
+    # c->EOS (1 forward), d->c EOS (2 forwards); 4 reward-model calls.
+    assert fpt[0] == 2 + (3 + 3 + 1 + 2) + 4
+    assert all(f <= 2 + 4 * 3 + 4 for f in fpt)
+
+
+def test_registered_builders_and_run_generation(world, tokenizer, tok_dir, tmp_path):
+    _, dirs, rm_dir, _ = world
+    inputs = {"experts": [dirs["E0"], dirs["E1"]], "reward_model": rm_dir}
+    ctx = MethodContext(kind="collab", inputs=inputs, params={"top_k": 2, "lookahead": 1, "weight": 1e-3,
+                                                              "prompt_template": TEMPLATE}, tokenizer=str(tok_dir))
+    samples = [{"id": str(i), "prompt": p} for i, p in enumerate(PROMPTS)]
+    rows = run_generation(build_generator(ctx), samples, tmp_path / "collab.jsonl", batch_size=2, max_new_tokens=5,
+                          settings={"m": "collab"})
+    assert [r["completion"] for r in rows] == ["b7777", "b7777"]
+    assert all(r["forwards"] == sum(r["forwards_per_token"]) for r in rows)
+    ctx = MethodContext(kind="sequence_selection", inputs={"experts": [dirs["E0"], dirs["E2"]], "reward_model": rm_dir},
+                        params={}, tokenizer=str(tok_dir))  # no template anywhere: the RM sees the full prompt
+    outs = build_generator(ctx).generate(PROMPTS, 3)
+    assert [o.extra["chosen_expert"] for o in outs] == [1, 1]
+    with pytest.raises(ValueError, match="unknown params"):
+        build_generator(MethodContext(kind="collab", inputs=inputs, params={"topk": 2}, tokenizer=str(tok_dir)))
+
+
+def test_builder_refuses_experts_with_another_tokenizer(world, tmp_path, tokenizer):
+    from fusionroute.tiny.tokenizer import train_tokenizer
+
+    _, dirs, rm_dir, _ = world
+    other_dir = tmp_path / "other_tok"
+    other = train_tokenizer(["zebra quartz " * 50, "xylophone " * 30], vocab_size=290, out_dir=other_dir)
+    model = bigram_expert(other, {"*": {"a": 5}})
+    odd = save_model(model, other, tmp_path / "odd_expert")
+    ctx = MethodContext(kind="sequence_selection", inputs={"experts": [dirs["E0"], odd], "reward_model": rm_dir},
+                        params={}, tokenizer=dirs["E0"])
+    with pytest.raises(ValueError, match="vocabulary sizes|different tokenizer"):
+        build_generator(ctx)
