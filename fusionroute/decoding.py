@@ -365,7 +365,7 @@ def fused_generate(
     eos_token_id: int | None,
     pad_token_id: int | None,
     use_complementary: bool = True,
-    overhead_tokens: int = 16,
+    overhead_tokens: int = 32,
 ) -> list[FusedOutput]:
     """Greedy FusionRoute decoding of a batch of prompts (token id lists, any lengths).
 

@@ -50,12 +50,16 @@ def build_judge(settings: dict):
 
 def judge_items(general: list[dict], gens_a: str, gens_b: str) -> list[dict]:
     """Pair the two methods' answers by id; the judge sees the raw instruction (not the templated
-    prompt) and, where the general set has one, the reference."""
+    prompt) and, where the general set has one, the reference. A method run on a prefix of the
+    general set (Collab's `limit`) is judged on the ids both answered."""
     from fusionroute.eval.judge import items_from_generations
 
     questions = {str(r["id"]): r["instruction"] for r in general}
     references = {str(r["id"]): r["reference"] for r in general if r.get("reference")}
-    return items_from_generations(gens_a, gens_b, questions=questions, references=references or None)
+    items = items_from_generations(gens_a, gens_b, questions=questions, references=references or None, strict=False)
+    if not items:
+        raise ValueError(f"{gens_a} and {gens_b} share no ids")
+    return items
 
 
 @step

@@ -27,10 +27,25 @@ def run_step(name: str, inputs: dict, outputs: dict, params: dict, threads: int 
 
     if name not in STEPS:
         raise KeyError(f"no workflow step named {name!r}; known: {sorted(STEPS)}")
-    from fusionroute.training import set_threads
+    if params.get("scaling"):
+        from fusionroute.scaling import maybe_relaunch
 
-    set_threads(threads)
+        if maybe_relaunch(name, inputs, outputs, params, threads):
+            return
+    _limit_threads(threads)
     STEPS[name](inputs, outputs, params, threads)
+
+
+def _limit_threads(threads: int) -> None:
+    """Honour the scheduler's core allowance without importing torch in light (scoring) steps:
+    the environment variables bind a torch imported later, set_num_threads one already loaded."""
+    import os
+    import sys
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(max(1, threads))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(max(1, threads))
 
 
 def _seed_everything(seed: int) -> None:
@@ -136,6 +151,7 @@ def load_pairs(path: str, tokenizer, template: str, max_len: int) -> list:
 @step
 def finetune_lm(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     """Supervised fine-tuning of a causal LM with the LM loss only (the tiny experts)."""
+    from fusionroute.scaling import finalize_for_saving, prepare_for_training
     from fusionroute.models import load_causal_lm, load_tokenizer
     from fusionroute.trainers import train_lm
     from fusionroute.training import OptimConfig, write_log
@@ -144,10 +160,11 @@ def finetune_lm(inputs: dict, outputs: dict, params: dict, threads: int) -> None
     models = params["models"]
     tokenizer = load_tokenizer(models["tokenizer"])
     model = load_causal_lm(models["init"], params.get("dtype", "float32"), params.get("device", "cpu"))
+    model = prepare_for_training(model, params.get("scaling"))
     encoded = load_sft_encoded(inputs["data"], tokenizer, params["prompt_template"], params["max_len"])
     cfg = OptimConfig.from_dict({**params["optim"], "seed": params["seed"]})
     log = train_lm(model, encoded, cfg, tokenizer.pad_token_id, params.get("desc", "fine-tune"))
-    _save_model(model, tokenizer, outputs["model"])
+    _save_model(finalize_for_saving(model), tokenizer, outputs["model"])
     write_log(outputs["log"], log)
 
 
@@ -185,6 +202,7 @@ def expert_features(inputs: dict, outputs: dict, params: dict, threads: int) -> 
 @step
 def router_sft(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     from fusionroute.features import load_features
+    from fusionroute.scaling import finalize_for_saving, prepare_for_training
     from fusionroute.models import load_causal_lm, load_tokenizer
     from fusionroute.router import RouterModel
     from fusionroute.trainers import RoutingConfig, train_router_sft
@@ -195,7 +213,8 @@ def router_sft(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     tokenizer = load_tokenizer(models["tokenizer"])
     dtype, device = params.get("dtype", "float32"), params.get("device", "cpu")
     lm = load_causal_lm(models["init"], dtype, device)
-    router = RouterModel.from_lm(lm, params["expert_names"], seed=params["seed"])
+    router = prepare_for_training(RouterModel.from_lm(lm, params["expert_names"], seed=params["seed"]),
+                                  params.get("scaling"))
     encoded = load_sft_encoded(inputs["sft"], tokenizer, params["prompt_template"], params["max_len"])
     features, _ = load_features(inputs["features"])
     routing = RoutingConfig(lam=params["lam"], reading=params["reading"])
@@ -203,7 +222,7 @@ def router_sft(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     cfg = OptimConfig.from_dict({**params["optim"], "seed": params["seed"]})
     log = train_router_sft(router, encoded, features, cfg, routing, tokenizer.pad_token_id, experts,
                            checkpoint_dir=Path(outputs["model"] + ".ckpt"))
-    router.save_pretrained(outputs["model"])
+    finalize_for_saving(router).save_pretrained(outputs["model"])
     tokenizer.save_pretrained(outputs["model"])
     write_log(outputs["log"], log)
 
@@ -212,6 +231,7 @@ def router_sft(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
 def mix_train(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     """Algorithm 1 from an SFT checkpoint: a router (CDPO) or a plain LM (the fine-tuned
     baseline's DPO), depending on `params['policy']`."""
+    from fusionroute.scaling import finalize_for_saving, prepare_for_training
     import torch
 
     from fusionroute.features import load_features
@@ -245,10 +265,11 @@ def mix_train(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     reference = load()
     frozen = preference_reference(reference, pairs, tokenizer.pad_token_id, mix.beta, pair_features)
     del reference
-    policy = load()
+    policy = prepare_for_training(load(), params.get("scaling"))
     cfg = OptimConfig.from_dict({**params["optim"], "seed": params["seed"]})
     log = run_mix(policy, sft, sft_features, pairs, frozen, cfg, mix, tokenizer.pad_token_id,
                   "mix training" if is_router else "SFT+DPO mix", checkpoint_dir=Path(outputs["model"] + ".ckpt"))
+    policy = finalize_for_saving(policy)
     policy.save_pretrained(outputs["model"])
     tokenizer.save_pretrained(outputs["model"])
     write_log(outputs["log"], log, {"mean_bias": float(frozen["bias"].mean()),

@@ -140,11 +140,5 @@ def write_log(path: str | os.PathLike, log: list[dict], extra: dict | None = Non
     write_json(path, {"summary": summary, "log": log})
 
 
-def set_threads(threads: int | None) -> None:
-    """Honour the scheduler's core allowance (Snakemake `threads`) so parallel jobs don't thrash."""
-    if threads:
-        torch.set_num_threads(int(threads))
-
-
 def config_dict(obj) -> dict:
     return json.loads(json.dumps(asdict(obj)))

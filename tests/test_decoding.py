@@ -49,6 +49,15 @@ def _llama(seed: int, vocab: int = VOCAB, hidden: int = 64, layers: int = 2, kv_
     return model
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is as fast, and does not spin when the machine is shared."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def models():
     router = RouterModel.from_lm(_llama(0), EXPERTS)

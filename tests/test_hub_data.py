@@ -208,7 +208,7 @@ def test_openai_judge_settings_from_config(monkeypatch):
 
 
 def test_model_directory_in_place_of_hub_id(tmp_path, tokenizer, tokenizer_dir):
-    from conftest import make_llama
+    from model_fixtures import make_llama
 
     from fusionroute.experts import ExpertPool
     from fusionroute.models import load_causal_lm

@@ -12,8 +12,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+from workflow_helpers import SNAKEMAKE, copy_workflow
+
+_SCRATCH: list[Path] = []
+
+
+def scratch() -> Path:
+    """One scratch copy of the workflow for this module's dry-runs (created on first use)."""
+    import tempfile
+
+    if not _SCRATCH:
+        _SCRATCH.append(copy_workflow(Path(tempfile.mkdtemp(prefix="fr-dryrun-"))))
+    return _SCRATCH[0]
+
 TARGETS = ["results/table1.tex", "results/fig3.pdf", "results/fig4.pdf"]
 GPU_RULES = {"expert_features", "router_sft", "router_mix", "finetuned_sft", "finetuned_mix", "generate"}
 CPU_RULES = {"score", "table1", "benchmark_data", "merge"}
@@ -30,7 +41,7 @@ def offline_env(**extra) -> dict:
 
 def dry_run(configfile: str | Path, *args: str, targets=TARGETS, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = SNAKEMAKE + ["-n", *targets, *args, "--configfile", str(configfile)]
-    return subprocess.run(cmd, cwd=ROOT, env=env or offline_env(), capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=scratch(), env=env or offline_env(), capture_output=True, text=True, timeout=300)
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -99,7 +110,7 @@ def test_slurm_profile_gives_gpus_to_gpu_rules_only(tmp_path):
 
 
 def _bad_config(tmp_path, edit) -> Path:
-    config = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+    config = yaml.safe_load((scratch() / "config/paper.yaml").read_text())
     edit(config)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))

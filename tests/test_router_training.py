@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import make_llama
+from model_fixtures import make_llama
 from fusionroute.data import encode_pair
 from fusionroute.features import compute_expert_features, load_features, save_features
 from fusionroute.router import RouterModel
@@ -136,12 +136,15 @@ def test_mix_training_routing_head_gets_no_gradient_from_cdpo(tokenizer, experts
     frozen = preference_reference(router, pairs, tokenizer.pad_token_id, 0.1, feats)
     head_before = router.routing_head.weight.detach().clone()
     lm_before = router.lm.lm_head.weight.detach().clone()
-    cfg = OptimConfig(steps=5, batch_size=4, lr=1e-2, seed=0)
+    cfg = OptimConfig(steps=8, batch_size=6, lr=3e-3, seed=0)
     # preference samples only: the routing head must stay exactly as it was, the LM must move
-    log = mix_train(router, [], [], pairs, frozen, cfg, MixConfig(), tokenizer.pad_token_id, "mix")
+    mix_train(router, [], [], pairs, frozen, cfg, MixConfig(), tokenizer.pad_token_id, "mix")
     assert torch.equal(router.routing_head.weight, head_before)
     assert not torch.equal(router.lm.lm_head.weight, lm_before)
-    assert log[-1]["loss"] < log[0]["loss"]
+    # and it moved the right way: the policy's chosen-vs-rejected margin grew (what DPO optimises)
+    after = preference_reference(router.lm, pairs, tokenizer.pad_token_id, 0.1)
+    margin = lambda f: (f["ref_chosen"] - f["ref_rejected"]).mean()
+    assert margin(after) > margin(frozen)
 
 
 def test_mix_training_updates_the_routing_head_from_sft_samples(tokenizer, experts):

@@ -17,7 +17,7 @@ from fusionroute.scaling import (
 
 
 def _router(tokenizer, seed=0):
-    from conftest import make_llama
+    from model_fixtures import make_llama
 
     from fusionroute.router import RouterModel
 
@@ -62,7 +62,7 @@ def test_lora_and_checkpointing_router_trains_saves_loads(tokenizer, tmp_path):
 
 
 def test_plain_lm_lora_merges_and_full_finetuning_is_untouched(tokenizer, tmp_path):
-    from conftest import make_llama
+    from model_fixtures import make_llama
     from transformers import AutoModelForCausalLM
 
     lm = make_llama(tokenizer, 1)
@@ -94,7 +94,7 @@ def test_options_validation_and_launcher(tmp_path, tokenizer_dir):
 
 def test_relaunch_under_accelerate_runs_the_training_step(tmp_path, tokenizer, tokenizer_dir):
     """launcher: accelerate -> the step runs in a child started by `accelerate launch` (1 CPU process)."""
-    from conftest import make_llama
+    from model_fixtures import make_llama
 
     from fusionroute.io import read_json, write_jsonl
 

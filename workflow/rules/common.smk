@@ -88,7 +88,7 @@ def method_catalog(family):
         "sequence_selection": {"kind": "sequence_selection", "models": {"experts": "experts", "reward_model": "reward_model"},
                                "params": {}, "label": "Sequence Selection", "group": "Collaboration Approaches"},
         "collab": {"kind": "collab", "models": {"experts": "experts", "reward_model": "reward_model"},
-                   "params": dict(config["collab"]), "label": "Collab", "group": "Collaboration Approaches"},
+                   "params": {k: v for k, v in config["collab"].items() if k != "limit"}, "label": "Collab", "group": "Collaboration Approaches"},
         "finetuned": {"kind": "single", "models": {"model": "finetuned"}, "params": {},
                       "label": "Fine-tuned Model", "group": "Collaboration Approaches"},
         "dare": {"kind": "single", "models": {"model": "merge:dare"}, "params": {},
@@ -116,8 +116,15 @@ def method(family, name):
     return catalog[name]
 
 
+def benchmark_spec(benchmark):
+    """Settings of a benchmark, or of the judge's general prompt set ("general", config `judge.general`)."""
+    if benchmark == "general":
+        return config.get("judge", {}).get("general", {})
+    return config["benchmarks"][benchmark]
+
+
 def benchmark_limit(method_name, benchmark):
     """Collab is costly: it may run on the first `limit_collab` samples (stated in the caption)."""
     if method_name == "collab":
-        return config["benchmarks"][benchmark].get("limit_collab") or config["collab"].get("limit") or 0
+        return benchmark_spec(benchmark).get("limit_collab") or config["collab"].get("limit") or 0
     return 0

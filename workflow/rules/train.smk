@@ -39,6 +39,7 @@ rule router_sft:
         log=f"{BUILD}/{{family}}/logs/router_sft.json",
     params:
         common=lambda w: COMMON,
+        scaling=config.get("training", {}),
         models=lambda w: models_param(w.family, {"init": FAMILIES[w.family]["router_init"], "experts": "experts"}),
         expert_names=lambda w: experts(w.family),
         optim={k: v for k, v in FR["sft"].items() if k not in ("lam", "reading")},
@@ -71,6 +72,7 @@ rule router_mix:
     params:
         step="mix_train",
         common=lambda w: COMMON,
+        scaling=config.get("training", {}),
         policy="router",
         models=lambda w: models_param(w.family, {"init": "router_sft"}),
         optim={k: v for k, v in FR["mix"].items() if k not in MIX_KEYS},
@@ -96,6 +98,7 @@ rule finetuned_sft:
     params:
         step="finetune_lm",
         common=lambda w: COMMON,
+        scaling=config.get("training", {}),
         models=lambda w: models_param(w.family, {"init": FAMILIES[w.family]["router_init"]}),
         optim=FT["sft"],
         desc="fine-tuned SFT",
@@ -121,6 +124,7 @@ rule finetuned_mix:
     params:
         step="mix_train",
         common=lambda w: COMMON,
+        scaling=config.get("training", {}),
         policy="lm",
         models=lambda w: models_param(w.family, {"init": "finetuned_sft"}),
         optim={k: v for k, v in FT["mix"].items() if k not in MIX_KEYS},
