@@ -28,6 +28,10 @@ are compute-bound and every expert is selected by some row at nearly every step.
 
 On a machine shared with other jobs use --threads 1 --clock cpu.
 
+--world build/tiny/tiny measures the TRAINED tiny world instead: its router and experts, prompts
+from the five tiny benchmarks (interleaved, so a batch mixes domains), and the routing decisions
+the trained routing head really makes (pattern "trained"); "single" is the instruction expert.
+
 Usage: python scripts/bench_decoding.py [--threads 2] [--new-tokens 128] [--batches 1 16]
 """
 from __future__ import annotations
@@ -58,6 +62,29 @@ def tiny_llama(seed: int, args) -> LlamaForCausalLM:
         tie_word_embeddings=False,
     )
     return LlamaForCausalLM(cfg).to(torch.float32).eval()
+
+
+def load_world(build_dir: str, results_dir: str):
+    """The trained router, experts and real benchmark prompts of a built tiny world."""
+    from pathlib import Path
+
+    from fusionroute.data import render_prompt
+    from fusionroute.eval.benchmarks import instruction_for
+    from fusionroute.io import read_jsonl
+    from fusionroute.methods import encode_prompts
+    from fusionroute.models import load_causal_lm, load_tokenizer
+
+    build = Path(build_dir)
+    router = RouterModel.from_pretrained(build / "router").eval()
+    experts = [load_causal_lm(str(build / "experts" / name)) for name in router.config.expert_names]
+    tokenizer = load_tokenizer(str(build / "router"))
+    per_benchmark = [
+        [instruction_for(b, r) for r in read_jsonl(Path(results_dir) / "data" / f"{b}.jsonl")]
+        for b in ("gsm8k", "math500", "mbpp", "humaneval", "ifeval")
+    ]
+    template = "### Instruction:\n{instruction}\n\n### Response:\n"
+    interleaved = [render_prompt(template, x) for group in zip(*per_benchmark) for x in group]
+    return router, experts, encode_prompts(tokenizer, interleaved)
 
 
 class ScheduledRouter(RouterModel):
@@ -145,13 +172,23 @@ def main() -> None:
         "shared with other jobs: time spent descheduled then does not count)",
     )
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--world", help="a built tiny family directory (e.g. build/tiny/tiny): trained models")
+    ap.add_argument("--results", default="results/tiny", help="with --world: where its benchmark data lie")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
 
-    base = tiny_llama(0, args)
-    router = ScheduledRouter(base, RouterConfig([f"e{i}" for i in range(N_EXPERTS)], args.hidden))
-    experts = [tiny_llama(s, args) for s in range(1, 1 + N_EXPERTS)]
+    if args.world:
+        router, experts, prompt_pool = load_world(args.world, args.results)
+        experts = [experts[-1]] + experts[:-1]  # "single" = experts[0] = the instruction expert
+        router.config.expert_names = router.config.expert_names[-1:] + router.config.expert_names[:-1]
+        with torch.no_grad():  # keep the routing head's rows in the same (rotated) expert order
+            router.routing_head.weight.copy_(torch.roll(router.routing_head.weight, 1, dims=0))
+        args.patterns = ["trained"]
+    else:
+        base = tiny_llama(0, args)
+        router = ScheduledRouter(base, RouterConfig([f"e{i}" for i in range(N_EXPERTS)], args.hidden))
+        experts = [tiny_llama(s, args) for s in range(1, 1 + N_EXPERTS)]
     counter = Counter(router, experts)
     g = torch.Generator().manual_seed(0)
     print(
@@ -171,15 +208,21 @@ def main() -> None:
     print("-" * len(header))
     results = []
     for batch in args.batches:
-        lens = [24] if batch == 1 else torch.randint(16, 33, (batch,), generator=g).tolist()
-        prompts = [torch.randint(3, args.vocab, (n,), generator=g).tolist() for n in lens]
+        if args.world:
+            prompts = prompt_pool[:batch]
+            lens = [len(p) for p in prompts]
+        else:
+            lens = [24] if batch == 1 else torch.randint(16, 33, (batch,), generator=g).tolist()
+            prompts = [torch.randint(3, args.vocab, (n,), generator=g).tolist() for n in lens]
         n_tok, steps = batch * args.new_tokens, args.new_tokens
         common = dict(max_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=0)
-        schedules = {p: make_schedule(p, batch, max(lens) + args.new_tokens + 1, seed=batch) for p in args.patterns}
+        schedules = {p: make_schedule(p, batch, max(lens) + args.new_tokens + 1, seed=batch)
+                     for p in args.patterns if p != "trained"}
 
         def with_schedule(fn, pattern):
             def go():
-                router.schedule = schedules[pattern]
+                if pattern != "trained":
+                    router.schedule = schedules[pattern]
                 return fn(router, experts, prompts, **common)
 
             return go
