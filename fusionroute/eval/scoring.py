@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from fusionroute.eval.benchmarks import BENCHMARKS, DataError, get_spec, load_records
+from fusionroute.eval.benchmarks import BENCHMARKS, DataError, _read_jsonl, get_spec, load_records
 
 Z_95 = 1.959963984540054
 
@@ -186,19 +186,10 @@ def read_generations(path: Path) -> list[dict]:
     a newline (hand-written files) and reports malformed lines instead of skipping them."""
     if not path.is_file():
         raise ScoringError(f"generations file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ScoringError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ScoringError(f"{path}:{number}: expected a JSON object")
-            rows.append(row)
-    return rows
+    try:
+        return _read_jsonl(path)  # the same strict reader as the benchmark data
+    except DataError as exc:
+        raise ScoringError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
