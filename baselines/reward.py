@@ -24,7 +24,7 @@ when the RM's pad token equals its EOS token (Llama-3/Mistral-style tokenizers),
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,6 +36,7 @@ from fusionroute.data import batch_indices, encode_pair, render_prompt
 from fusionroute.io import write_json
 from fusionroute.losses import bradley_terry_loss
 from fusionroute.models import DTYPES, ModelSource, load_tokenizer
+from fusionroute.scaling import is_main_process, save_trained
 from fusionroute.training import OptimConfig, config_dict, train_loop, write_log
 
 FORMAT_FILE = "reward_format.json"
@@ -54,8 +55,10 @@ def instruction_from_prompt(template: str, prompt: str) -> str:
 
 
 def sequence_rewards(model: PreTrainedModel, sequences: Sequence[Sequence[int]], pad_token_id: int) -> torch.Tensor:
-    """Scalar reward at the last token of each sequence, (n,); differentiable (no no_grad here)."""
-    device = model.device
+    """Scalar reward at the last token of each sequence, (n,); differentiable (no no_grad here).
+    `model` may be wrapped for distributed training (its `.module` is the HF model)."""
+    core = getattr(model, "module", model)
+    device = core.device
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -64,7 +67,7 @@ def sequence_rewards(model: PreTrainedModel, sequences: Sequence[Sequence[int]],
         mask[row, width - len(seq) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    embeds = model.get_input_embeddings()(ids)
+    embeds = core.get_input_embeddings()(ids)
     # HF warns that it cannot see padding in inputs_embeds: intended here (left padding, pool at -1).
     hf_logger = hf_logging.get_logger("transformers.modeling_layers")
     level = hf_logger.level
@@ -250,17 +253,16 @@ def train_reward_model(
     acc_before = pair_accuracy(model, tok, held, prompt_template, cfg.max_len, cfg.eval_batch_size)
 
     batches = list(batch_indices(len(train), optim.batch_size, optim.steps, optim.seed))
-    micro = cfg.micro_batch_size or optim.batch_size
+    if cfg.micro_batch_size:
+        optim = replace(optim, micro_batch_size=min(cfg.micro_batch_size, optim.batch_size))
 
-    def step_loss(step: int):
-        idx = batches[step]
-        for start in range(0, len(idx), micro):
-            chunk = [train[i] for i in idx[start : start + micro]]
-            chosen, rejected = _pair_rewards(model, tok, chunk, prompt_template, cfg.max_len)
-            yield bradley_terry_loss(chosen, rejected).sum() / len(idx)
+    def micro_loss(micro: list[int], live: dict) -> torch.Tensor:
+        chosen, rejected = _pair_rewards(live["model"], tok, [train[i] for i in micro], prompt_template, cfg.max_len)
+        return bradley_terry_loss(chosen, rejected).mean()
 
     model.train()
-    log = train_loop([p for p in model.parameters() if p.requires_grad], step_loss, optim, desc="reward model")
+    result = train_loop({"model": model}, batches, micro_loss, optim, desc="reward model")
+    log = result.log
     model.eval()
     metrics = {
         "heldout_accuracy": pair_accuracy(model, tok, held, prompt_template, cfg.max_len, cfg.eval_batch_size),
@@ -273,9 +275,9 @@ def train_reward_model(
         "config": asdict(cfg),
     }
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    save_trained(result.modules["model"], out, tok)
+    if not is_main_process():
+        return metrics
     write_json(out / FORMAT_FILE, {"format": "template", "prompt_template": prompt_template, "max_len": cfg.max_len})
     write_log(out / "train_log.json", log, extra={"heldout_accuracy": metrics["heldout_accuracy"]})
     write_json(out / METRICS_FILE, metrics)

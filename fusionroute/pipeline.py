@@ -117,14 +117,10 @@ def tiny_base(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     texts = [row["text"] for row in read_jsonl(inputs["pretrain"])]
     encoded = pack_texts([encode_text(tokenizer, t, params["max_len"]) for t in texts], params["block_size"])
     cfg = OptimConfig.from_dict({**params["optim"], "seed": params["seed"]})
-    log = train_lm(model, encoded, cfg, tokenizer.pad_token_id, "pretrain base")
-    _save_model(model, tokenizer, outputs["model"])
+    log = train_lm(model, encoded, cfg, tokenizer.pad_token_id, "pretrain base").log
+    model.save_pretrained(outputs["model"])
+    tokenizer.save_pretrained(outputs["model"])
     write_log(outputs["log"], log, {"parameters": sum(p.numel() for p in model.parameters())})
-
-
-def _save_model(model, tokenizer, out_dir: str) -> None:
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
 
 
 def load_sft_encoded(path: str, tokenizer, template: str, max_len: int) -> list:
@@ -151,8 +147,8 @@ def load_pairs(path: str, tokenizer, template: str, max_len: int) -> list:
 @step
 def finetune_lm(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     """Supervised fine-tuning of a causal LM with the LM loss only (the tiny experts)."""
-    from fusionroute.scaling import finalize_for_saving, prepare_for_training
     from fusionroute.models import load_causal_lm, load_tokenizer
+    from fusionroute.scaling import is_main_process, prepare_for_training, save_trained
     from fusionroute.trainers import train_lm
     from fusionroute.training import OptimConfig, write_log
 
@@ -163,9 +159,11 @@ def finetune_lm(inputs: dict, outputs: dict, params: dict, threads: int) -> None
     model = prepare_for_training(model, params.get("scaling"))
     encoded = load_sft_encoded(inputs["data"], tokenizer, params["prompt_template"], params["max_len"])
     cfg = OptimConfig.from_dict({**params["optim"], "seed": params["seed"]})
-    log = train_lm(model, encoded, cfg, tokenizer.pad_token_id, params.get("desc", "fine-tune"))
-    _save_model(finalize_for_saving(model), tokenizer, outputs["model"])
-    write_log(outputs["log"], log)
+    result = train_lm(model, encoded, cfg, tokenizer.pad_token_id, params.get("desc", "fine-tune"),
+                      checkpoint_dir=Path(outputs["model"] + ".ckpt"))
+    save_trained(result.modules["model"], outputs["model"], tokenizer)
+    if is_main_process():
+        write_log(outputs["log"], result.log)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,9 +200,9 @@ def expert_features(inputs: dict, outputs: dict, params: dict, threads: int) -> 
 @step
 def router_sft(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     from fusionroute.features import load_features
-    from fusionroute.scaling import finalize_for_saving, prepare_for_training
     from fusionroute.models import load_causal_lm, load_tokenizer
     from fusionroute.router import RouterModel
+    from fusionroute.scaling import is_main_process, prepare_for_training, save_trained
     from fusionroute.trainers import RoutingConfig, train_router_sft
     from fusionroute.training import OptimConfig, write_log
 
@@ -220,23 +218,21 @@ def router_sft(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     routing = RoutingConfig(lam=params["lam"], reading=params["reading"])
     experts = _load_experts(models["experts"], dtype, device) if routing.reading == "mixture" else None
     cfg = OptimConfig.from_dict({**params["optim"], "seed": params["seed"]})
-    log = train_router_sft(router, encoded, features, cfg, routing, tokenizer.pad_token_id, experts,
-                           checkpoint_dir=Path(outputs["model"] + ".ckpt"))
-    finalize_for_saving(router).save_pretrained(outputs["model"])
-    tokenizer.save_pretrained(outputs["model"])
-    write_log(outputs["log"], log)
+    result = train_router_sft(router, encoded, features, cfg, routing, tokenizer.pad_token_id, experts,
+                              checkpoint_dir=Path(outputs["model"] + ".ckpt"))
+    save_trained(result.modules["router"], outputs["model"], tokenizer)
+    if is_main_process():
+        write_log(outputs["log"], result.log)
 
 
 @step
 def mix_train(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     """Algorithm 1 from an SFT checkpoint: a router (CDPO) or a plain LM (the fine-tuned
     baseline's DPO), depending on `params['policy']`."""
-    from fusionroute.scaling import finalize_for_saving, prepare_for_training
-    import torch
-
     from fusionroute.features import load_features
     from fusionroute.models import load_causal_lm, load_tokenizer
     from fusionroute.router import RouterModel
+    from fusionroute.scaling import is_main_process, prepare_for_training, save_trained
     from fusionroute.trainers import MixConfig, mix_train as run_mix, preference_reference
     from fusionroute.training import OptimConfig, write_log
 
@@ -267,14 +263,13 @@ def mix_train(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     del reference
     policy = prepare_for_training(load(), params.get("scaling"))
     cfg = OptimConfig.from_dict({**params["optim"], "seed": params["seed"]})
-    log = run_mix(policy, sft, sft_features, pairs, frozen, cfg, mix, tokenizer.pad_token_id,
-                  "mix training" if is_router else "SFT+DPO mix", checkpoint_dir=Path(outputs["model"] + ".ckpt"))
-    policy = finalize_for_saving(policy)
-    policy.save_pretrained(outputs["model"])
-    tokenizer.save_pretrained(outputs["model"])
-    write_log(outputs["log"], log, {"mean_bias": float(frozen["bias"].mean()),
-                                     "reference_margin": float((frozen["ref_chosen"] - frozen["ref_rejected"]).mean())})
-    del torch
+    result = run_mix(policy, sft, sft_features, pairs, frozen, cfg, mix, tokenizer.pad_token_id,
+                     "mix training" if is_router else "SFT+DPO mix", checkpoint_dir=Path(outputs["model"] + ".ckpt"))
+    save_trained(result.modules["policy"], outputs["model"], tokenizer)
+    if is_main_process():
+        write_log(outputs["log"], result.log, {
+            "mean_bias": float(frozen["bias"].mean()),
+            "reference_margin": float((frozen["ref_chosen"] - frozen["ref_rejected"]).mean())})
 
 
 def _dtype(name: str):
@@ -403,6 +398,7 @@ def routing_summary(inputs: dict, outputs: dict, params: dict, threads: int) -> 
 @step
 def reward_model(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     from baselines.reward import RewardTrainConfig, train_reward_model
+    from fusionroute.scaling import is_main_process
     from fusionroute.training import OptimConfig
 
     models = params["models"]
@@ -411,7 +407,8 @@ def reward_model(inputs: dict, outputs: dict, params: dict, threads: int) -> Non
     metrics = train_reward_model(models["init"], read_jsonl(inputs["preferences"]), params["prompt_template"],
                                  outputs["model"], optim, cfg, tokenizer=models["tokenizer"],
                                  dtype=params.get("dtype", "float32"), device=params.get("device", "cpu"))
-    write_json(outputs["metrics"], metrics)
+    if is_main_process():
+        write_json(outputs["metrics"], metrics)
 
 
 @step

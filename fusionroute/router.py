@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.utils import ModelOutput
 
 ROUTER_CONFIG = "router_config.json"
 ROUTING_HEAD = "routing_head.safetensors"
@@ -32,9 +33,11 @@ class RouterConfig:
 
 
 @dataclass
-class RouterOutput:
-    logits: torch.Tensor  # (batch, seq, vocab): the router's own next-token logits
-    routing_logits: torch.Tensor  # (batch, seq, n_experts): w_t before softmax
+class RouterOutput(ModelOutput):
+    """A ModelOutput (not a bare dataclass) so that DDP/FSDP find the tensors in it."""
+
+    logits: torch.Tensor | None = None  # (batch, seq, vocab): the router's own next-token logits
+    routing_logits: torch.Tensor | None = None  # (batch, seq, n_experts): w_t before softmax
     past_key_values: Any = None
 
 
@@ -70,10 +73,16 @@ class RouterModel(nn.Module):
         router.routing_head.load_state_dict({k: v.to(lm.dtype) for k, v in state.items()})
         return router
 
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """`state_dict`: the router's full weights when they live elsewhere (gathered from shards)."""
         path = Path(path)
-        self.lm.save_pretrained(path)
-        save_file({k: v.contiguous() for k, v in self.routing_head.state_dict().items()}, str(path / ROUTING_HEAD))
+        if state_dict is None:
+            self.lm.save_pretrained(path)
+            head = self.routing_head.state_dict()
+        else:
+            self.lm.save_pretrained(path, state_dict={k[len("lm."):]: v for k, v in state_dict.items() if k.startswith("lm.")})
+            head = {k[len("routing_head."):]: v for k, v in state_dict.items() if k.startswith("routing_head.")}
+        save_file({k: v.contiguous() for k, v in head.items()}, str(path / ROUTING_HEAD))
         (path / ROUTER_CONFIG).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
 
     @property

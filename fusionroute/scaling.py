@@ -29,12 +29,13 @@ before a training step) writes the step's inputs/outputs/params to a JSON job fi
         [--fsdp_transformer_layer_cls_to_wrap <decoder layer class>] \\
         -m fusionroute.scaling run-step <job.json>
 in the job's allocation (on SLURM: give the training rules `gpu: N` in profiles/slurm). Each
-process then runs the same step; `distributed(model, optimizer)` wraps model and optimizer
-with `accelerate.Accelerator.prepare` (FSDP / DeepSpeed ZeRO-3 sharding per the config file),
-`shard(indices)` gives each process its slice of a batch, `backward(loss)` replaces
-`loss.backward()`, and only the main process (`is_main_process()`) writes outputs, after
-`unwrap_for_saving` has gathered the full weights. Outside `accelerate launch` all of these are
-no-ops, so the single-process path is unchanged.
+process runs the same step. `fusionroute.training.train_loop` does the distributed part for every
+trainer: `prepare_modules` wraps the trained modules (DDP, or FSDP / DeepSpeed ZeRO-3 sharding per
+the config file) before the optimiser is built, `shard` gives each process an equal contiguous
+slice of every global batch, `backward` / `clip_grad_norm` go through the Accelerator, and
+`save_trained` gathers the full weights and writes them from the main process only. Outside
+`accelerate launch` all of these are no-ops, so the single-process path is unchanged. Tested with
+two real CPU processes (torchrun + gloo: the DDP path); FSDP and ZeRO-3 need GPUs to run.
 """
 from __future__ import annotations
 
@@ -171,14 +172,18 @@ def launched() -> bool:
 
 
 def accelerator():
-    """The process's `accelerate.Accelerator` under `accelerate launch`, else None."""
+    """The process's `accelerate.Accelerator` under `accelerate launch`, else None.
+
+    find_unused_parameters: in mix training a micro-batch of preference pairs only leaves the
+    routing head out of the loss, and DDP must know that such a parameter may get no gradient."""
     global _ACCELERATOR
     if not launched():
         return None
     if _ACCELERATOR is None:
         from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
 
-        _ACCELERATOR = Accelerator()
+        _ACCELERATOR = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     return _ACCELERATOR
 
 
@@ -187,20 +192,54 @@ def is_main_process() -> bool:
     return acc is None or acc.is_main_process
 
 
-def distributed(model: nn.Module, optimizer):
-    """(model, optimizer) prepared for the launch's distributed setting (FSDP/ZeRO-3), or as given."""
+def num_processes() -> int:
+    acc = accelerator()
+    return 1 if acc is None else acc.num_processes
+
+
+def _sharded() -> bool:
+    """True when parameters are split across processes (FSDP, DeepSpeed), not replicated (DDP)."""
+    acc = accelerator()
+    return acc is not None and acc.distributed_type.name in ("FSDP", "DEEPSPEED")
+
+
+def prepare_modules(modules: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """The trained modules wrapped for the launch (DDP / FSDP / ZeRO-3), or as given. Prepared
+    before the optimiser exists, as FSDP requires; the wrapped module is what a loss must call."""
     acc = accelerator()
     if acc is None:
-        return model, optimizer
-    return acc.prepare(model, optimizer)
+        return dict(modules)
+    if _sharded() and any(_has_lora(m) for m in modules.values()):
+        raise ValueError("LoRA is the single-GPU option; with FSDP or DeepSpeed ZeRO-3 train the full weights "
+                         "(set training.lora: null) or use a DDP accelerate config")
+    return {name: acc.prepare(module) for name, module in modules.items()}
+
+
+def prepare_optimizer(optimizer):
+    acc = accelerator()
+    return optimizer if acc is None else acc.prepare(optimizer)
+
+
+def register_for_checkpointing(*objects) -> None:
+    """Objects (the LR scheduler) that accelerate's save_state must include. The scheduler is
+    deliberately not `prepare`d: accelerate would step it once per process per update."""
+    acc = accelerator()
+    if acc is not None:
+        acc.register_for_checkpointing(*objects)
 
 
 def shard(indices: list[int]) -> list[int]:
-    """This process's share of a batch (every process sees a disjoint slice)."""
+    """This process's contiguous share of a global batch. Equal shares keep every process on
+    the same number of forwards, which DDP/FSDP collectives require."""
     acc = accelerator()
     if acc is None or acc.num_processes == 1:
         return indices
-    return indices[acc.process_index :: acc.num_processes]
+    n = acc.num_processes
+    if len(indices) % n:
+        raise ValueError(f"a batch of {len(indices)} samples does not split evenly over {n} processes; "
+                         f"make the batch size a multiple of {n}")
+    size = len(indices) // n
+    return indices[acc.process_index * size : (acc.process_index + 1) * size]
 
 
 def backward(loss) -> None:
@@ -211,13 +250,48 @@ def backward(loss) -> None:
         acc.backward(loss)
 
 
-def unwrap_for_saving(model: nn.Module) -> nn.Module:
-    """The full (gathered) model to save on the main process."""
+def sum_across_processes(value: float) -> float:
+    acc = accelerator()
+    if acc is None or acc.num_processes == 1:
+        return value
+    import torch
+
+    return float(acc.reduce(torch.tensor([value], device=acc.device), reduction="sum").item())
+
+
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
+    """Clip the global gradient norm (across shards under FSDP/ZeRO-3); returns the norm before clipping."""
+    import torch
+
+    acc = accelerator()
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if acc is None else acc.clip_grad_norm_(params, max_norm)
+    return float(norm) if norm is not None else float("nan")  # DeepSpeed clips inside its engine
+
+
+def _has_lora(model: nn.Module) -> bool:
+    return any("lora_" in name for name, _ in model.named_parameters())
+
+
+def save_trained(model: nn.Module, out_dir: str | Path, tokenizer=None) -> None:
+    """Save a trained causal LM or RouterModel (the live module from `train_loop`) as an ordinary
+    HF / router directory: LoRA merged, training-only settings undone. Under `accelerate launch`
+    every process must call it: sharded weights are gathered, and only the main process writes."""
     acc = accelerator()
     if acc is None:
-        return model
-    acc.wait_for_everyone()
-    return acc.unwrap_model(model)
+        finalize_for_saving(model).save_pretrained(out_dir)
+    else:
+        acc.wait_for_everyone()
+        state = acc.get_state_dict(model) if _sharded() else None  # collective: every process joins
+        unwrapped = acc.unwrap_model(model)
+        if acc.is_main_process:
+            if state is None:
+                finalize_for_saving(unwrapped).save_pretrained(out_dir)
+            else:
+                unwrapped.save_pretrained(out_dir, state_dict=state)
+    if tokenizer is not None and is_main_process():
+        tokenizer.save_pretrained(out_dir)
+    if acc is not None:
+        acc.wait_for_everyone()
 
 
 def _decoder_layer_class(model_source: Any) -> str | None:

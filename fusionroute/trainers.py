@@ -7,13 +7,14 @@
   lambda * L_SFT (all parameters, routing head included), preference samples add L_CDPO (the LM
   only; the routing head takes no part in that loss, so it gets no gradient from it). With a
   plain LM policy and no expert bias, the same loop is the fine-tuned baseline's SFT+DPO.
-All of them are a `step_loss` closure handed to `fusionroute.training.train_loop`.
+All of them are a `micro_loss` closure handed to `fusionroute.training.train_loop`, which owns
+batching, sharding across processes and the optimiser; each returns the loop's TrainResult.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -30,13 +31,8 @@ from fusionroute.losses import (
     sequence_logprob,
     shift,
 )
-from fusionroute.router import RouterModel
-from fusionroute.training import OptimConfig, train_loop
-
-
-def _micro_batches(indices: list[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(indices), size):
-        yield indices[start : start + size]
+from fusionroute.router import RouterModel, RouterOutput
+from fusionroute.training import OptimConfig, TrainResult, train_loop
 
 
 def _lengths(encoded: Sequence[Encoded]) -> list[int]:
@@ -50,20 +46,19 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 def train_lm(
     model: PreTrainedModel, encoded: Sequence[Encoded], cfg: OptimConfig, pad_token_id: int, desc: str,
     checkpoint_dir: Path | None = None,
-) -> list[dict]:
+) -> TrainResult:
     """Plain next-token training on the labelled positions of `encoded`."""
     model.train()
     schedule = list(batch_indices(len(encoded), cfg.batch_size, cfg.steps, cfg.seed, _lengths(encoded)))
 
-    def step_loss(step: int) -> Iterator[torch.Tensor]:
-        for micro in _micro_batches(schedule[step], cfg.micro_batch_size):
-            batch = _to(collate([encoded[i] for i in micro], pad_token_id), model.device)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            yield lm_loss(logits, batch["labels"]) * (len(micro) / cfg.batch_size)
+    def micro_loss(micro: list[int], live: dict[str, nn.Module]) -> torch.Tensor:
+        batch = _to(collate([encoded[i] for i in micro], pad_token_id), model.device)
+        logits = live["model"](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return lm_loss(logits, batch["labels"])
 
-    log = train_loop(list(model.parameters()), step_loss, cfg, desc, checkpoint_dir, {"model": model})
+    result = train_loop({"model": model}, schedule, micro_loss, cfg, desc, checkpoint_dir)
     model.eval()
-    return log
+    return result
 
 
 @dataclass
@@ -81,6 +76,18 @@ def router_sft_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """L_SFT = L_LM + lambda * L_route for one batch (Eq. 3), with its parts for logging."""
     out = router(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return sft_loss_from_output(out, batch, features, routing, experts)
+
+
+def sft_loss_from_output(
+    out: RouterOutput,
+    batch: dict[str, torch.Tensor],
+    features: Sequence[dict[str, torch.Tensor]],
+    routing: RoutingConfig,
+    experts: Sequence[PreTrainedModel] | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 3 from a router forward already made over `batch` (mix training shares one forward
+    between SFT rows and preference rows)."""
     language = lm_loss(out.logits, batch["labels"])
     _, targets, target_mask = shift(out.logits, batch["labels"])
     mask_cpu = target_mask.cpu()
@@ -114,34 +121,26 @@ def train_router_sft(
     pad_token_id: int,
     experts: Sequence[PreTrainedModel] | None = None,
     checkpoint_dir: Path | None = None,
-) -> list[dict]:
+) -> TrainResult:
     """The SFT phase: every router parameter (LM and routing head) trained on Eq. 3."""
     if len(features) != len(encoded):
         raise ValueError(f"{len(features)} expert-feature rows for {len(encoded)} SFT samples")
     router.train()
     schedule = list(batch_indices(len(encoded), cfg.batch_size, cfg.steps, cfg.seed, _lengths(encoded)))
 
-    def step_loss(step: int) -> Iterator[torch.Tensor]:
-        for micro in _micro_batches(schedule[step], cfg.micro_batch_size):
-            batch = _to(collate([encoded[i] for i in micro], pad_token_id), router.device)
-            loss, _ = router_sft_loss(router, batch, [features[i] for i in micro], routing, experts)
-            yield loss * (len(micro) / cfg.batch_size)
+    def micro_loss(micro: list[int], live: dict[str, nn.Module]) -> torch.Tensor:
+        batch = _to(collate([encoded[i] for i in micro], pad_token_id), router.device)
+        return router_sft_loss(live["router"], batch, [features[i] for i in micro], routing, experts)[0]
 
-    log = train_loop(list(router.parameters()), step_loss, cfg, "router SFT", checkpoint_dir, {"router": router})
+    result = train_loop({"router": router}, schedule, micro_loss, cfg, "router SFT", checkpoint_dir)
     router.eval()
-    return log
+    return result
 
 
 @dataclass
 class PreferencePair:
     chosen: Encoded
     rejected: Encoded
-
-
-def _policy_logits(policy: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Next-token logits of the policy's LM: for a router, its own (complementary) logits."""
-    lm = policy.lm if isinstance(policy, RouterModel) else policy
-    return lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
 def _pair_batch(pairs: Sequence[PreferencePair], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -170,11 +169,8 @@ def preference_reference(
         chunk = pairs[start : start + batch_size]
         batch = _to(_pair_batch(chunk, pad_token_id), next(reference.parameters()).device)
         n = len(chunk)
-        if isinstance(reference, RouterModel):
-            out = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            logits, routing_logits = out.logits, out.routing_logits
-        else:
-            logits, routing_logits = _policy_logits(reference, batch), None
+        out = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        logits, routing_logits = out.logits, getattr(out, "routing_logits", None)
         seq = sequence_logprob(logits, batch["labels"]).float().cpu()
         ref_chosen.append(seq[:n])
         ref_rejected.append(seq[n:])
@@ -218,7 +214,7 @@ def mix_train(
     pad_token_id: int,
     desc: str,
     checkpoint_dir: Path | None = None,
-) -> list[dict]:
+) -> TrainResult:
     """Algorithm 1 over the random mixture of `sft` and `pairs`.
 
     For a RouterModel policy, SFT samples use Eq. 3 (LM + routing loss) and update everything;
@@ -236,30 +232,35 @@ def mix_train(
     schedule = list(batch_indices(len(pool), cfg.batch_size, cfg.steps, cfg.seed, lengths))
     device = next(policy.parameters()).device
 
-    def step_loss(step: int) -> Iterator[torch.Tensor]:
-        for micro in _micro_batches(schedule[step], cfg.micro_batch_size):
-            sft_ids = [pool[k][1] for k in micro if pool[k][0] == "sft"]
-            pref_ids = [pool[k][1] for k in micro if pool[k][0] == "pref"]
-            loss = torch.zeros((), device=device)
-            if sft_ids:
-                batch = _to(collate([sft[i] for i in sft_ids], pad_token_id), device)
-                if is_router:
-                    sft_loss, _ = router_sft_loss(policy, batch, [sft_features[i] for i in sft_ids], routing)
-                else:
-                    sft_loss = lm_loss(_policy_logits(policy, batch), batch["labels"])
-                loss = loss + mix.lam * sft_loss * len(sft_ids)
-            if pref_ids:
-                batch = _to(_pair_batch([pairs[j] for j in pref_ids], pad_token_id), device)
-                seq = sequence_logprob(_policy_logits(policy, batch), batch["labels"])
-                n = len(pref_ids)
-                idx = torch.tensor(pref_ids)
-                pref_loss = dpo_loss(
-                    seq[:n], seq[n:], frozen["ref_chosen"][idx].to(device), frozen["ref_rejected"][idx].to(device),
-                    mix.beta, frozen["bias"][idx].to(device),
-                )
-                loss = loss + pref_loss.sum()
-            yield loss / cfg.batch_size
+    def micro_loss(micro: list[int], live: dict[str, nn.Module]) -> torch.Tensor:
+        # One forward over SFT rows, chosen rows and rejected rows together: every process then
+        # runs exactly one forward per micro-batch whatever its mix (DDP/FSDP need that), and the
+        # routing head simply takes no part in the preference rows' loss.
+        sft_ids = [pool[k][1] for k in micro if pool[k][0] == "sft"]
+        pref_ids = [pool[k][1] for k in micro if pool[k][0] == "pref"]
+        rows = [sft[i] for i in sft_ids] + [pairs[j].chosen for j in pref_ids] + [pairs[j].rejected for j in pref_ids]
+        batch = _to(collate(rows, pad_token_id), device)
+        out = live["policy"](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        n_sft, n = len(sft_ids), len(pref_ids)
+        loss = torch.zeros((), device=device)
+        if n_sft:
+            part = {k: v[:n_sft] for k, v in batch.items()}
+            if is_router:
+                sft_out = RouterOutput(out.logits[:n_sft], out.routing_logits[:n_sft])
+                sft_loss, _ = sft_loss_from_output(sft_out, part, [sft_features[i] for i in sft_ids], routing)
+            else:
+                sft_loss = lm_loss(out.logits[:n_sft], part["labels"])
+            loss = loss + mix.lam * sft_loss * n_sft
+        if n:
+            seq = sequence_logprob(out.logits[n_sft:], batch["labels"][n_sft:])
+            idx = torch.tensor(pref_ids)
+            pref_loss = dpo_loss(
+                seq[:n], seq[n:], frozen["ref_chosen"][idx].to(device), frozen["ref_rejected"][idx].to(device),
+                mix.beta, frozen["bias"][idx].to(device),
+            )
+            loss = loss + pref_loss.sum()
+        return loss / len(micro)
 
-    log = train_loop(list(policy.parameters()), step_loss, cfg, desc, checkpoint_dir, {"policy": policy})
+    result = train_loop({"policy": policy}, schedule, micro_loss, cfg, desc, checkpoint_dir)
     policy.eval()
-    return log
+    return result

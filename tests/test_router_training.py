@@ -72,7 +72,7 @@ def test_sft_teaches_the_routing_head_to_pick_the_best_expert(tokenizer, experts
         f["argmax"] = torch.arange(3, dtype=torch.int32).expand(len(f["argmax"]), 3).clone()
     router = RouterModel.from_lm(make_llama(tokenizer, 0), ["a", "b", "c"], seed=0)
     cfg = OptimConfig(steps=30, batch_size=4, lr=1e-2, seed=0)
-    log = train_router_sft(router, samples, feats, cfg, RoutingConfig(lam=1.0), tokenizer.pad_token_id)
+    log = train_router_sft(router, samples, feats, cfg, RoutingConfig(lam=1.0), tokenizer.pad_token_id).log
     assert log[-1]["loss"] < log[0]["loss"]
     out = router(torch.tensor([samples[0].input_ids]))
     assert (out.routing_logits[0].argmax(-1) == 2).float().mean() > 0.9
