@@ -24,6 +24,7 @@ when the RM's pad token equals its EOS token (Llama-3/Mistral-style tokenizers),
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -170,6 +171,7 @@ class RewardTrainConfig:
     micro_batch_size: int = 0  # pairs per forward; 0 = the whole optimiser batch
     eval_batch_size: int = 32  # pairs per forward when measuring accuracy
     split_seed: int = 0  # seed of the train / held-out split
+    offtopic_ratio: float = 0.0  # extra relevance pairs per preference pair (see offtopic_pairs); 0 = none
 
 
 def split_pairs(pairs: Sequence[dict], heldout_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -183,6 +185,36 @@ def split_pairs(pairs: Sequence[dict], heldout_fraction: float, seed: int) -> tu
     held = [pairs[i] for i in order[:n_held]]
     train = [pairs[i] for i in order[n_held:]]
     return train, held
+
+
+def offtopic_pairs(pairs: Sequence[dict], ratio: float, seed: int) -> list[dict]:
+    """Relevance pairs: (instruction, its chosen response) over the chosen response of another
+    pair's instruction, from another domain when the pairs carry one (`"domain"`).
+
+    Preference pairs contrast a good response with a subtly flawed one to the SAME instruction, so
+    a reward model trained on them alone never learns that an answer to another question is
+    worse; general reward models (the paper's) know this, and Sequence Selection and Collab rely
+    on it to tell the domain expert's answer from the others'. `ratio` pairs per input pair."""
+    if ratio < 0:
+        raise ValueError(f"offtopic_ratio must be >= 0, got {ratio}")
+    count = int(round(ratio * len(pairs)))
+    if count == 0 or len(pairs) < 2:
+        return []
+    rng = random.Random(f"offtopic|{seed}")
+    by_domain: dict[object, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        by_domain.setdefault(pair.get("domain"), []).append(i)
+    out = []
+    for k in range(count):
+        i = k % len(pairs)
+        others = [j for d, js in by_domain.items() if d != pairs[i].get("domain") or d is None for j in js]
+        others = [j for j in others if pairs[j]["instruction"] != pairs[i]["instruction"]]
+        if not others:
+            continue
+        j = rng.choice(others)
+        out.append({"instruction": pairs[i]["instruction"], "chosen": pairs[i]["chosen"], "rejected": pairs[j]["chosen"],
+                    "kind": "offtopic"})
+    return out
 
 
 def load_reward_init(base: str | dict | ModelSource, tokenizer: PreTrainedTokenizerBase, dtype: str = "float32",
@@ -250,6 +282,9 @@ def train_reward_model(
     train, held = split_pairs(list(pairs), cfg.heldout_fraction, cfg.split_seed)
     if not train:
         raise ValueError("no training pairs left after the held-out split")
+    # relevance pairs are built within each side of the split, so nothing held out is trained on
+    held_offtopic = offtopic_pairs(held, cfg.offtopic_ratio, cfg.split_seed + 1)
+    train = train + offtopic_pairs(train, cfg.offtopic_ratio, cfg.split_seed)
     acc_before = pair_accuracy(model, tok, held, prompt_template, cfg.max_len, cfg.eval_batch_size)
 
     batches = list(batch_indices(len(train), optim.batch_size, optim.steps, optim.seed))
@@ -267,6 +302,8 @@ def train_reward_model(
     metrics = {
         "heldout_accuracy": pair_accuracy(model, tok, held, prompt_template, cfg.max_len, cfg.eval_batch_size),
         "heldout_accuracy_before": acc_before,
+        "heldout_offtopic_accuracy": (pair_accuracy(model, tok, held_offtopic, prompt_template, cfg.max_len,
+                                                    cfg.eval_batch_size) if held_offtopic else None),
         "train_accuracy": pair_accuracy(model, tok, train, prompt_template, cfg.max_len, cfg.eval_batch_size),
         "n_train": len(train),
         "n_heldout": len(held),

@@ -212,8 +212,10 @@ class _RowCache(Cache):
     """KV cache of one model over the live rows of a batched decode, where each forward may run on
     any subset of rows with a different number of new tokens per row (catch-up chunks)."""
 
-    def __init__(self, model: torch.nn.Module, n_rows: int, capacity: int):
-        self.n_rows, self.capacity = n_rows, capacity
+    def __init__(self, model: torch.nn.Module, n_rows: int, capacity: int, align_end: int = 0):
+        """`align_end`: the column at which a row's first tokens end at the earliest (the longest
+        prompt): rows that first use this model at different steps then stay aligned."""
+        self.n_rows, self.capacity, self.align_end = n_rows, capacity, min(align_end, capacity)
         super().__init__(layers=[_RowLayer(self) for _ in range(_num_layers(model))])
         self.plan: _Plan | None = None
         self.start = [0] * n_rows  # first valid column of each row
@@ -257,27 +259,37 @@ class _RowCache(Cache):
             pad, first = C - len(chunk), self.end[r] - self.start[r]
             ids += [pad_token_id] * pad + chunk
             pos += [0] * pad + list(range(first, first + len(chunk)))
-        mask = None
+        lens_t = torch.tensor(lens, device=device)
         if inplace:
             past = E
             new_start = [E + C - c for c in lens] if E == 0 else [self.start[r] for r in rows]
-            if any(new_start):
-                mask = [[False] * s + [True] * (past + C - s) for s in new_start]
+            new_end = [past + C] * n
+            cols = torch.arange(past + C, device=device)
+            mask = cols[None, :] >= torch.tensor(new_start, device=device)[:, None] if any(new_start) else None
             plan = _Plan(past_len=past, inplace=(rows[0], rows[0] + n))
         else:
             past = max(ends)
-            new_start = [self.start[r] for r in rows]
-            mask = [
-                [False] * s + [True] * (e - s) + [False] * (past - e + C - c) + [True] * c
-                for s, e, c in zip(new_start, ends, lens)
-            ]
-            # the real new tokens: chunk column t of batch row i goes to store column end + t - pad
+            # A row new to this cache (an expert's first use by the row, e.g. after its first tokens
+            # came from another expert) is stored so that it ends where the cache's other rows end
+            # (after this forward): the rows stay aligned and later steps take the in-place path.
+            in_forward = set(rows)
+            target = max([e + c for e, c in zip(ends, lens) if e > 0]
+                         + [self.end[r] for r in range(self.n_rows) if r not in in_forward], default=0)
+            target = max(target, C, self.align_end)  # as a left-padded prefill of every prompt would
+            new_end = [target if e == 0 and target >= c else e + c for e, c in zip(ends, lens)]
+            new_start = [stop - c if e == 0 else self.start[r] for r, e, c, stop in zip(rows, ends, lens, new_end)]
+            cols = torch.arange(past + C, device=device)[None, :]
+            starts = torch.tensor([self.start[r] for r in rows], device=device)[:, None]
+            ends_t = torch.tensor(ends, device=device)[:, None]
+            # each row sees its stored columns [start, end) and the real (unpadded) part of its chunk
+            mask = ((cols >= starts) & (cols < ends_t)) | (cols >= past + C - lens_t[:, None])
+            # the real new tokens: chunk column t of batch row i goes to store column new_end - c + t
             scatter: list[list[int]] = [[], [], [], []]
-            for i, (r, e, c) in enumerate(zip(rows, ends, lens)):
+            for i, (r, c, stop) in enumerate(zip(rows, lens, new_end)):
                 scatter[0] += [i] * c
                 scatter[1] += range(C - c, C)
                 scatter[2] += [r] * c
-                scatter[3] += range(e, e + c)
+                scatter[3] += range(stop - c, stop)
             plan = _Plan(
                 past_len=past,
                 inplace=None,
@@ -288,7 +300,7 @@ class _RowCache(Cache):
         try:
             out = call(
                 input_ids=torch.tensor(ids, dtype=torch.long, device=device).view(n, C),
-                attention_mask=None if mask is None else torch.tensor(mask, dtype=torch.bool, device=device),
+                attention_mask=mask,
                 position_ids=torch.tensor(pos, dtype=torch.long, device=device).view(n, C),
                 past_key_values=self,
                 use_cache=True,
@@ -296,9 +308,8 @@ class _RowCache(Cache):
             )
         finally:
             self.plan = None
-        for r, s, e, c in zip(rows, new_start, ends, lens):
-            self.start[r] = s
-            self.end[r] = past + C if inplace else e + c
+        for r, s, e in zip(rows, new_start, new_end):
+            self.start[r], self.end[r] = s, e
         return out
 
 
@@ -381,7 +392,7 @@ def fused_generate(
     B = len(prompts_ids)
     r_dev = router.device
     r_cache = _RowCache(router.lm, B, capacity)
-    e_caches = [_RowCache(e, B, capacity) for e in experts]
+    e_caches = [_RowCache(e, B, capacity, align_end=max(len(p) for p in prompts_ids)) for e in experts]
     e_devs = [_model_device(e) for e in experts]
     r_call, e_calls = _router_call(router), [_lm_call(e) for e in experts]
     seqs = [list(p) for p in prompts_ids]  # full token sequence of each row (storage order = live)

@@ -403,7 +403,8 @@ def reward_model(inputs: dict, outputs: dict, params: dict, threads: int) -> Non
 
     models = params["models"]
     optim = OptimConfig.from_dict({**params["optim"], "seed": params["seed"]})
-    cfg = RewardTrainConfig(max_len=params["max_len"], heldout_fraction=params["holdout"], split_seed=params["seed"])
+    cfg = RewardTrainConfig(max_len=params["max_len"], heldout_fraction=params["holdout"], split_seed=params["seed"],
+                            offtopic_ratio=params.get("offtopic", 0.0))
     metrics = train_reward_model(models["init"], read_jsonl(inputs["preferences"]), params["prompt_template"],
                                  outputs["model"], optim, cfg, tokenizer=models["tokenizer"],
                                  dtype=params.get("dtype", "float32"), device=params.get("device", "cpu"))

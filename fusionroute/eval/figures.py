@@ -19,6 +19,7 @@ import argparse
 import math
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -108,14 +109,15 @@ def plot_win_rates(inputs: Mapping[str, Mapping[str, Any]], out: str | os.PathLi
             if not math.isnan(h):
                 ax.annotate(f"{h:.2f}", (bar.get_x() + bar.get_width() / 2, h),
                             xytext=(0, 2), textcoords="offset points", ha="center",
-                            va="bottom", fontsize=8)
+                            va="bottom", fontsize=8,
+                            bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none"})
     ax.axhline(0.5, color="black", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(families)))
     ax.set_xticklabels([FAMILY_LABELS.get(f, f) for f in families])
     ax.set_ylim(0, 1.1)
     ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
+    if title:  # wrapped: a long title would run off the left edge of the figure
+        ax.set_title(textwrap.fill(title, 60), fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
 

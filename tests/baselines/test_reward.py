@@ -134,3 +134,48 @@ def test_reward_cli_writes_model_and_metrics(tmp_path, tokenizer):
     metrics = json.loads((tmp_path / "rm" / "reward_metrics.json").read_text())
     assert metrics["n_heldout"] == 4 and metrics["optim"]["steps"] == 2
     assert RewardScorer.from_pretrained(str(tmp_path / "rm")).prompt_template == TEMPLATE
+
+
+def _domain_pairs(n: int) -> list[dict]:
+    out = []
+    for i in range(n):
+        if i % 2 == 0:
+            out.append({"domain": "math", "instruction": f"Add {i} and 3.", "chosen": f"{i} + 3 = {i + 3}. The answer is: {i + 3}",
+                        "rejected": f"{i} + 3 = {i + 4}. The answer is: {i + 4}"})
+        else:
+            out.append({"domain": "code", "instruction": f"Write f returning {i}.",
+                        "chosen": f"```python\ndef f():\n    return {i}\n```", "rejected": f"```python\ndef f():\n    return {i + 1}\n```"})
+    return out
+
+
+def test_offtopic_pairs_take_another_domains_answer():
+    from baselines.reward import offtopic_pairs
+
+    pairs = _domain_pairs(20)
+    extra = offtopic_pairs(pairs, 1.0, seed=0)
+    assert len(extra) == 20 and extra == offtopic_pairs(pairs, 1.0, seed=0)
+    by_instruction = {p["instruction"]: p for p in pairs}
+    answers = {p["chosen"]: p for p in pairs}
+    for e in extra:
+        own = by_instruction[e["instruction"]]
+        assert e["chosen"] == own["chosen"]
+        assert answers[e["rejected"]]["domain"] != own["domain"]  # another domain's (correct) answer
+    assert len(offtopic_pairs(pairs, 0.5, seed=0)) == 10 and offtopic_pairs(pairs, 0.0, seed=0) == []
+    undomained = [{k: v for k, v in p.items() if k != "domain"} for p in pairs]
+    assert all(e["rejected"] != by_instruction[e["instruction"]]["chosen"] for e in offtopic_pairs(undomained, 1.0, 1))
+    with pytest.raises(ValueError, match="offtopic_ratio"):
+        offtopic_pairs(pairs, -1.0, seed=0)
+
+
+def test_reward_model_learns_relevance_from_offtopic_pairs(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    base_dir = save_model(LlamaForCausalLM(tiny_llama_config(tokenizer, hidden=32, layers=2)), tokenizer,
+                          tmp_path / "base")
+    metrics = train_reward_model(base_dir, _domain_pairs(80), TEMPLATE, tmp_path / "rm",
+                                 OptimConfig(steps=40, batch_size=16, lr=3e-3),
+                                 RewardTrainConfig(max_len=64, heldout_fraction=0.25, offtopic_ratio=1.0))
+    assert metrics["n_train"] == 120  # 60 preference pairs + 60 relevance pairs; held-out ones stay out
+    assert metrics["heldout_offtopic_accuracy"] >= 0.9, metrics
+    plain = train_reward_model(base_dir, _domain_pairs(8), TEMPLATE, tmp_path / "rm0",
+                               OptimConfig(steps=1, batch_size=4, lr=1e-3), RewardTrainConfig(max_len=64))
+    assert plain["heldout_offtopic_accuracy"] is None

@@ -14,6 +14,7 @@ rule reward_model:
         models=lambda w: models_param(w.family, {"init": "base"}),
         optim=config["reward_model"]["train"],
         holdout=config["reward_model"]["holdout"],
+        offtopic=config["reward_model"].get("offtopic", 0.0),
     threads: config["threads"]
     log:
         f"logs/{WORLD}/{{family}}/reward_model.log",

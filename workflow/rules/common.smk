@@ -123,8 +123,14 @@ def benchmark_spec(benchmark):
     return config["benchmarks"][benchmark]
 
 
-def benchmark_limit(method_name, benchmark):
+def collab_limit(benchmark):
     """Collab is costly: it may run on the first `limit_collab` samples (stated in the caption)."""
-    if method_name == "collab":
-        return benchmark_spec(benchmark).get("limit_collab") or config["collab"].get("limit") or 0
+    return benchmark_spec(benchmark).get("limit_collab") or config["collab"].get("limit") or 0
+
+
+def benchmark_limit(method_name, benchmark, family):
+    """Samples a method decodes (0 = all): the Collab limit for Collab and for any custom method
+    of kind collab (e.g. a sweep of its weight)."""
+    if method_catalog(family).get(method_name, {}).get("kind") == "collab":
+        return collab_limit(benchmark)
     return 0

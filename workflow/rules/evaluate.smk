@@ -41,7 +41,7 @@ def generate_params(w):
         "prompt_template": FAMILIES[w.family].get("prompt_template", config["prompt_template"]),
         "batch_size": GEN["batch_size"],
         "max_new_tokens": benchmark_spec(w.benchmark).get("max_new_tokens", GEN["max_new_tokens"]),
-        "limit": benchmark_limit(w.method, w.benchmark),
+        "limit": benchmark_limit(w.method, w.benchmark, w.family),
     }
 
 

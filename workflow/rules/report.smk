@@ -31,7 +31,7 @@ def table_inputs(methods, with_cost=False):
 
 
 def collab_caption():
-    limits = {b: benchmark_limit("collab", b) for b in BENCHMARKS}
+    limits = {b: collab_limit(b) for b in BENCHMARKS}
     if not any(limits.values()):
         return ""
     return " Collab is evaluated on the first " + ", ".join(f"{n} {b}" for b, n in limits.items() if n) + " samples because of its cost."
