@@ -233,6 +233,16 @@ class _RowCache(Cache):
         self.end = [self.end[r] for r in keep]
         self.n_rows = len(keep)
 
+    def _aligned_end(self, rows: list[int], ends: list[int], lens: list[int]) -> int:
+        """Where a row new to this cache (an expert's first use by the row, e.g. after its first
+        tokens came from another expert) should end: where the cache's other rows end after this
+        forward. Rows that stay aligned keep later steps on the in-place path (no gathers)."""
+        in_forward = set(rows)
+        target = max([e + c for e, c in zip(ends, lens) if e > 0]
+                     + [self.end[r] for r in range(self.n_rows) if r not in in_forward], default=0)
+        # at least where a left-padded prefill of every prompt would end
+        return min(max(target, max(lens), self.align_end), self.capacity)
+
     def run(
         self,
         call: Callable[..., object],
@@ -260,22 +270,17 @@ class _RowCache(Cache):
             ids += [pad_token_id] * pad + chunk
             pos += [0] * pad + list(range(first, first + len(chunk)))
         lens_t = torch.tensor(lens, device=device)
+        target = self._aligned_end(rows, ends, lens) if 0 in ends else 0
         if inplace:
-            past = E
-            new_start = [E + C - c for c in lens] if E == 0 else [self.start[r] for r in rows]
+            # fresh rows (E == 0) end at `target`: the columns before their tokens stay masked
+            past = max(0, target - C) if E == 0 else E
+            new_start = [past + C - c for c in lens] if E == 0 else [self.start[r] for r in rows]
             new_end = [past + C] * n
             cols = torch.arange(past + C, device=device)
             mask = cols[None, :] >= torch.tensor(new_start, device=device)[:, None] if any(new_start) else None
             plan = _Plan(past_len=past, inplace=(rows[0], rows[0] + n))
         else:
             past = max(ends)
-            # A row new to this cache (an expert's first use by the row, e.g. after its first tokens
-            # came from another expert) is stored so that it ends where the cache's other rows end
-            # (after this forward): the rows stay aligned and later steps take the in-place path.
-            in_forward = set(rows)
-            target = max([e + c for e, c in zip(ends, lens) if e > 0]
-                         + [self.end[r] for r in range(self.n_rows) if r not in in_forward], default=0)
-            target = max(target, C, self.align_end)  # as a left-padded prefill of every prompt would
             new_end = [target if e == 0 and target >= c else e + c for e, c in zip(ends, lens)]
             new_start = [stop - c if e == 0 else self.start[r] for r, e, c, stop in zip(rows, ends, lens, new_end)]
             cols = torch.arange(past + C, device=device)[None, :]

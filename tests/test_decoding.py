@@ -246,3 +246,26 @@ def test_partition():
     assert _partition([1, 40, 1, 1], overhead_tokens=10**6) == [[0, 2, 3, 1]]
     # no overhead: one forward per distinct length
     assert sorted(map(sorted, _partition([3, 1, 3, 2], overhead_tokens=0))) == [[0, 2], [1], [3]]
+
+
+def test_a_late_first_use_is_stored_aligned_and_stays_exact():
+    """A row that first uses an expert after the others (its first tokens came from another expert)
+    is stored ending where the other rows end, so the next step runs on the in-place cache path;
+    the logits still equal a full recompute."""
+    from fusionroute.decoding import _lm_call, _RowCache
+
+    model = _llama(7)
+    call, cpu = _lm_call(model), torch.device("cpu")
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    cache = _RowCache(model, 3, capacity=20, align_end=4)
+    cache.run(call, [0, 1], [prompts[0], prompts[1]], PAD, cpu)  # left-padded prefill: both end at 4
+    cache.run(call, [0, 1], [[20], [21]], PAD, cpu)
+    cache.run(call, [2], [prompts[2] + [22]], PAD, cpu)  # row 2's first use, one step late
+    assert cache.end == [5, 5, 5]
+    logits = cache.run(call, [0, 1, 2], [[30], [31], [32]], PAD, cpu)  # contiguous, same end: in place
+    assert cache.end == [6, 6, 6]
+    full = [prompts[0] + [20, 30], prompts[1] + [21, 31], prompts[2] + [22, 32]]
+    for row, seq in enumerate(full):
+        with torch.no_grad():
+            expected = model(torch.tensor([seq])).logits[0, -1]
+        assert torch.allclose(logits[row], expected, atol=1e-4)
