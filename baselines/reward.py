@@ -204,11 +204,13 @@ def offtopic_pairs(pairs: Sequence[dict], ratio: float, seed: int) -> list[dict]
     by_domain: dict[object, list[int]] = {}
     for i, pair in enumerate(pairs):
         by_domain.setdefault(pair.get("domain"), []).append(i)
+    # per domain, the pairs whose answers may serve as its off-topic answers (computed once)
+    candidates = {d: [j for other, js in by_domain.items() if other != d or other is None for j in js]
+                  for d in by_domain}
     out = []
     for k in range(count):
         i = k % len(pairs)
-        others = [j for d, js in by_domain.items() if d != pairs[i].get("domain") or d is None for j in js]
-        others = [j for j in others if pairs[j]["instruction"] != pairs[i]["instruction"]]
+        others = [j for j in candidates[pairs[i].get("domain")] if pairs[j]["instruction"] != pairs[i]["instruction"]]
         if not others:
             continue
         j = rng.choice(others)

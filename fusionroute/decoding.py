@@ -269,7 +269,6 @@ class _RowCache(Cache):
             pad, first = C - len(chunk), self.end[r] - self.start[r]
             ids += [pad_token_id] * pad + chunk
             pos += [0] * pad + list(range(first, first + len(chunk)))
-        lens_t = torch.tensor(lens, device=device)
         target = self._aligned_end(rows, ends, lens) if 0 in ends else 0
         if inplace:
             # fresh rows (E == 0) end at `target`: the columns before their tokens stay masked
@@ -287,7 +286,8 @@ class _RowCache(Cache):
             starts = torch.tensor([self.start[r] for r in rows], device=device)[:, None]
             ends_t = torch.tensor(ends, device=device)[:, None]
             # each row sees its stored columns [start, end) and the real (unpadded) part of its chunk
-            mask = ((cols >= starts) & (cols < ends_t)) | (cols >= past + C - lens_t[:, None])
+            lens_t = torch.tensor(lens, device=device)[:, None]
+            mask = ((cols >= starts) & (cols < ends_t)) | (cols >= past + C - lens_t)
             # the real new tokens: chunk column t of batch row i goes to store column new_end - c + t
             scatter: list[list[int]] = [[], [], [], []]
             for i, (r, c, stop) in enumerate(zip(rows, lens, new_end)):
