@@ -32,8 +32,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from baselines.reward import RewardScorer
-from baselines.sequence_selection import PromptInstructions, encode_prompts, greedy_with_steps
+from baselines.sequence_selection import PromptInstructions, encode_prompts, greedy_with_steps, stop_ids, vocab_size
 from fusionroute.generation import Completion
+from fusionroute.vocab import SharedVocabulary
 
 
 @dataclass
@@ -48,8 +49,10 @@ class CollabParams:
 
 
 @torch.no_grad()
-def last_logprobs(model: PreTrainedModel, sequences: Sequence[Sequence[int]], pad_token_id: int) -> torch.Tensor:
-    """log-softmax of the next-token logits after each sequence, (n, vocab); left-padded batch."""
+def last_logprobs(model: PreTrainedModel, sequences: Sequence[Sequence[int]], pad_token_id: int,
+                  vocab: int | None = None) -> torch.Tensor:
+    """log-softmax of the next-token logits after each sequence over the shared ids [0, vocab),
+    (n, vocab); left-padded batch."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -60,6 +63,8 @@ def last_logprobs(model: PreTrainedModel, sequences: Sequence[Sequence[int]], pa
     device = model.device
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                    use_cache=False).logits[:, -1]
+    if vocab is not None:
+        logits = logits[:, :vocab]
     return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
@@ -77,10 +82,11 @@ class Collab:
     """Generator for the Collab baseline (see module docstring)."""
 
     def __init__(self, experts: Sequence[PreTrainedModel], tokenizer: PreTrainedTokenizerBase, scorer: RewardScorer,
-                 params: CollabParams, prompt_template: str | None = None):
+                 params: CollabParams, prompt_template: str | None = None, vocab: SharedVocabulary | None = None):
         if not experts:
             raise ValueError("Collab needs at least one expert")
         self.experts = list(experts)
+        self.vocab = vocab
         self.tokenizer = tokenizer
         self.scorer = scorer
         self.params = params
@@ -89,7 +95,7 @@ class Collab:
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[Completion]:
         tok, p = self.tokenizer, self.params
-        eos, pad = tok.eos_token_id, tok.pad_token_id
+        stops, pad, size = stop_ids(self.vocab, tok), tok.pad_token_id, vocab_size(self.vocab)
         prompt_ids = encode_prompts(tok, prompts)
         instructions = [self.instruction(x) for x in prompts]
         n = len(prompts)
@@ -104,23 +110,23 @@ class Collab:
             prefixes = [prompt_ids[i] + emitted[i] for i in active]
             candidates: list[_Candidate] = []
             for e, model in enumerate(self.experts):
-                logprobs = last_logprobs(model, prefixes, pad)
+                logprobs = last_logprobs(model, prefixes, pad, size)
                 top = logprobs.topk(min(p.top_k, logprobs.shape[-1]), dim=-1)
                 for r in range(len(active)):
                     for value, token in zip(top.values[r].tolist(), top.indices[r].tolist()):
                         candidates.append(_Candidate(r, e, int(token), float(value), []))
             if p.lookahead > 0:
                 for e, model in enumerate(self.experts):
-                    mine = [c for c in candidates if c.expert == e and c.token != eos]
+                    mine = [c for c in candidates if c.expert == e and c.token not in stops]
                     if not mine:
                         continue
                     seqs = [prefixes[c.row] + [c.token] for c in mine]
-                    tokens, steps = greedy_with_steps(model, seqs, p.lookahead, eos, pad)
+                    tokens, steps = greedy_with_steps(model, seqs, p.lookahead, stops, pad, size)
                     for c, t, s in zip(mine, tokens, steps):
                         c.lookahead, c.lookahead_forwards = t, s
             responses = []
             for c in candidates:
-                ids = emitted[active[c.row]] + ([] if c.token == eos else [c.token]) + c.lookahead
+                ids = emitted[active[c.row]] + ([] if c.token in stops else [c.token]) + c.lookahead
                 responses.append(tok.decode(ids, skip_special_tokens=True))
             rewards = self.scorer.score([instructions[active[c.row]] for c in candidates], responses)
             by_row: dict[int, list[int]] = {}
@@ -132,7 +138,7 @@ class Collab:
                 cost = len(self.experts) + sum(candidates[k].lookahead_forwards for k in ks) + len(ks)
                 forwards_per_token[i].append(cost)
                 win = candidates[best]
-                if win.token == eos:
+                if win.token in stops:
                     done[i] = True
                 else:
                     emitted[i].append(win.token)

@@ -8,11 +8,11 @@ one model call on one sequence, whatever the batching: rows decoded in one batch
 count their own steps.
 
 Also holds the helpers Collab shares: prompt encoding (BOS + prompt tokens, the same boundary as
-`fusionroute.data.encode_pair`), the greedy call with its step count, the shared-vocabulary check.
+`fusionroute.data.encode_pair`), the greedy call with its step count. The experts' shared
+vocabulary and end ids come from `fusionroute.experts.ExpertPool` (policy: fusionroute.vocab).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from baselines.reward import RewardScorer, instruction_from_prompt
 from fusionroute.generation import Completion
+from fusionroute.vocab import SharedVocabulary
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> list[list[int]]:
@@ -34,31 +35,35 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -
 
 
 def greedy_with_steps(
-    model: PreTrainedModel, prompts_ids: list[list[int]], max_new_tokens: int, eos_token_id: int, pad_token_id: int
+    model: PreTrainedModel, prompts_ids: list[list[int]], max_new_tokens: int, stop_ids: int | Sequence[int] | None,
+    pad_token_id: int, vocab_size: int | None = None,
 ) -> tuple[list[list[int]], list[int]]:
-    """Greedy continuations (EOS and padding removed) and the decode steps each row spent.
+    """Greedy continuations (end id and padding removed) and the decode steps each row spent.
 
-    Wraps `fusionroute.decoding.greedy_generate`, the project's one batched greedy decoder.
+    Wraps `fusionroute.decoding.greedy_generate`, the project's one batched greedy decoder;
+    `stop_ids` are every end id of the models (see fusionroute.vocab), `vocab_size` the shared range.
     """
     from fusionroute.decoding import greedy_generate
+    from fusionroute.vocab import stop_set
 
     if max_new_tokens <= 0 or not prompts_ids:
         return [[] for _ in prompts_ids], [0] * len(prompts_ids)
-    raw = greedy_generate(model, prompts_ids, max_new_tokens, eos_token_id, pad_token_id)
+    stops = stop_set(stop_ids)
+    raw = greedy_generate(model, prompts_ids, max_new_tokens, sorted(stops), pad_token_id, vocab_size=vocab_size)
     rows = _as_token_lists(raw)
     if len(rows) != len(prompts_ids):
         raise RuntimeError(f"greedy_generate returned {len(rows)} rows for {len(prompts_ids)} prompts")
     tokens, steps = [], []
     for row in rows:
-        stopped = eos_token_id in row
-        if stopped:
-            row = row[: row.index(eos_token_id)]
+        ends = [k for k, t in enumerate(row) if t in stops]
+        if ends:
+            row = row[: ends[0]]
         elif pad_token_id is not None:
             while row and row[-1] == pad_token_id:  # right padding of rows that finished early
                 row = row[:-1]
         row = row[:max_new_tokens]
         tokens.append(row)
-        # a row shorter than the budget ended by emitting EOS, which took one more forward
+        # a row shorter than the budget ended by emitting an end id, which took one more forward
         steps.append(min(len(row) + 1, max_new_tokens))
     return tokens, steps
 
@@ -73,26 +78,13 @@ def _as_token_lists(raw: Any) -> list[list[int]]:
     return [list(map(int, r.tolist() if isinstance(r, torch.Tensor) else r)) for r in raw]
 
 
-def check_shared_vocabulary(tokenizer: PreTrainedTokenizerBase, models: Sequence[PreTrainedModel],
-                            sources: Sequence[str]) -> None:
-    """Refuse experts that cannot share `tokenizer`: different embedding sizes or tokenizers."""
-    sizes = {src: m.get_input_embeddings().num_embeddings for src, m in zip(sources, models)}
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"experts have different vocabulary sizes: {sizes}")
-    for src, size in sizes.items():
-        if size < len(tokenizer):
-            raise ValueError(f"expert {src} has {size} embeddings but the shared tokenizer has {len(tokenizer)} tokens")
-    vocab = tokenizer.get_vocab()
-    for src in sources:
-        if not (Path(src) / "tokenizer.json").exists() and not (Path(src) / "tokenizer_config.json").exists():
-            continue  # hub ids / bare model dirs: sizes were checked above
-        from fusionroute.models import load_tokenizer
+def stop_ids(vocab: SharedVocabulary | None, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The pool's end ids (every model's), or the tokenizer's eos when no pool was built."""
+    return list(vocab.stop_ids) if vocab is not None else [tokenizer.eos_token_id]
 
-        other = load_tokenizer(src).get_vocab()
-        if other != vocab:
-            diff = sorted(set(other.items()) ^ set(vocab.items()))[:5]
-            raise ValueError(f"expert {src} has a different tokenizer than the shared one "
-                             f"({len(other)} vs {len(vocab)} tokens; e.g. {diff})")
+
+def vocab_size(vocab: SharedVocabulary | None) -> int | None:
+    return vocab.size if vocab is not None else None
 
 
 class PromptInstructions:
@@ -111,12 +103,13 @@ class SequenceSelection:
     """Generator: best-of-experts by reward, one full greedy response per expert."""
 
     def __init__(self, experts: Sequence[PreTrainedModel], tokenizer: PreTrainedTokenizerBase, scorer: RewardScorer,
-                 prompt_template: str | None = None):
+                 prompt_template: str | None = None, vocab: SharedVocabulary | None = None):
         if not experts:
             raise ValueError("Sequence Selection needs at least one expert")
         self.experts = list(experts)
         self.tokenizer = tokenizer
         self.scorer = scorer
+        self.vocab = vocab
         # When no template is given, the RM's own (a trained tiny RM stores it) is the world's template.
         self.instruction = PromptInstructions(prompt_template or scorer.prompt_template)
 
@@ -127,7 +120,8 @@ class SequenceSelection:
         instructions = [self.instruction(p) for p in prompts]
         tokens, steps = [], []
         for model in self.experts:
-            t, s = greedy_with_steps(model, prompt_ids, max_new_tokens, tok.eos_token_id, tok.pad_token_id)
+            t, s = greedy_with_steps(model, prompt_ids, max_new_tokens, stop_ids(self.vocab, tok), tok.pad_token_id,
+                                     vocab_size(self.vocab))
             tokens.append(t)
             steps.append(s)
         n, n_exp = len(prompts), len(self.experts)

@@ -35,13 +35,16 @@ step, fast and naive cost about the same.
 Conventions:
 
 - ``pad_token_id`` only fills masked slots (``None``: 0).
-- ``token_ids`` are the emitted tokens; a row that stops on ``eos_token_id`` ends with that eos
-  token (it was emitted, selected an expert and cost forwards). ``eos_token_id=None``: no eos stop.
+- ``token_ids`` are the emitted tokens; a row that stops on an end id ends with that token (it
+  was emitted, selected an expert and cost forwards). ``eos_token_id`` is one id or several (every
+  end id of the models' generation_config: ``<|eot_id|>``, ``<end_of_turn>``, ...); None: no stop.
+- ``vocab_size``: the shared id range (``fusionroute.vocab``); logits beyond it are masked (sliced
+  off) for every model. None: every model must produce logits of one width.
 - ``forwards`` counts model invocations that processed this row: every router call and every
   expert call (prefill and catch-up chunks included) whose batch contained the row. Comparable
   across methods as "model forwards per emitted token" = ``forwards / len(token_ids)``.
 - All models must share one vocabulary: the logits' vocab dimension is checked (``ValueError``).
-  Tokenizer identity is the ExpertPool's check.
+  Token-for-token identity of the shared range is the ExpertPool's check (``fusionroute.vocab``).
 - The caches treat every layer as full attention (HF builds the masks from our 2-D masks and
   explicit positions). Sliding-window layers (e.g. Gemma-2's local layers) are exact only while a
   sequence fits in the window (4096 tokens for Gemma-2): their window would count padded slots.
@@ -57,6 +60,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
 from fusionroute.router import RouterModel
+from fusionroute.vocab import check_logit_widths, stop_set
 
 __all__ = [
     "FusedOutput",
@@ -88,8 +92,10 @@ def _logits_vocab(model: torch.nn.Module) -> int:
     return int(model.config.get_text_config().vocab_size)
 
 
-def check_shared_vocab(router: RouterModel, experts: Sequence[PreTrainedModel]) -> int:
-    """The vocab size of the logits that router and experts all produce; ValueError if they differ."""
+def check_shared_vocab(router: RouterModel, experts: Sequence[PreTrainedModel], vocab_size: int | None = None) -> int:
+    """The vocab width decoding uses. With `vocab_size` (the shared range of ``fusionroute.vocab``)
+    every model needs at least that many logits and larger ids are masked; without it, router and
+    experts must produce logits of one width (ValueError otherwise)."""
     if len(experts) != router.config.n_experts:
         raise ValueError(
             f"the router routes over {router.config.n_experts} experts {router.config.expert_names}, "
@@ -97,6 +103,9 @@ def check_shared_vocab(router: RouterModel, experts: Sequence[PreTrainedModel]) 
         )
     router_vocab = _logits_vocab(router.lm)
     expert_vocabs = [_logits_vocab(e) for e in experts]
+    if vocab_size is not None:
+        names = ["router", *router.config.expert_names]
+        return check_logit_widths(dict(zip(names, [router_vocab, *expert_vocabs])), vocab_size)
     if any(v != router_vocab for v in expert_vocabs):
         names = router.config.expert_names
         detail = ", ".join(f"{n}={v}" for n, v in zip(names, expert_vocabs))
@@ -337,9 +346,11 @@ def _router_call(router: RouterModel) -> Callable[..., tuple[torch.Tensor, torch
     return call
 
 
-def _check_vocab_dim(logits: torch.Tensor, vocab: int, who: str) -> None:
-    if logits.shape[-1] != vocab:
+def _shared(logits: torch.Tensor, vocab: int, who: str) -> torch.Tensor:
+    """The logits of the shared id range (ids >= vocab are masked, see fusionroute.vocab)."""
+    if logits.shape[-1] < vocab:
         raise ValueError(f"{who} produced logits over {logits.shape[-1]} tokens, the router over {vocab}")
+    return logits[..., :vocab]
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,17 +389,19 @@ def fused_generate(
     experts: Sequence[PreTrainedModel],
     prompts_ids: list[list[int]],
     max_new_tokens: int,
-    eos_token_id: int | None,
+    eos_token_id: int | Sequence[int] | None,
     pad_token_id: int | None,
     use_complementary: bool = True,
     overhead_tokens: int = 32,
+    vocab_size: int | None = None,
 ) -> list[FusedOutput]:
     """Greedy FusionRoute decoding of a batch of prompts (token id lists, any lengths).
 
     ``overhead_tokens``: the cost of one extra forward, in padded token-rows; an expert's rows
     whose catch-up chunks differ a lot in length are split into several forwards when that
     saves more padded tokens than this (see ``_partition``)."""
-    vocab = check_shared_vocab(router, experts)
+    vocab = check_shared_vocab(router, experts, vocab_size)
+    stops = stop_set(eos_token_id)
     _check_prompts(prompts_ids, max_new_tokens)
     outputs = [FusedOutput() for _ in prompts_ids]
     if max_new_tokens == 0 or not prompts_ids:
@@ -406,7 +419,7 @@ def fused_generate(
     while live:
         n = len(live)
         r_logits, w = r_cache.run(r_call, list(range(n)), r_chunks, pad_token_id, r_dev)
-        _check_vocab_dim(r_logits, vocab, "the router")
+        r_logits = _shared(r_logits, vocab, "the router")
         for k in range(n):
             outputs[live[k]].forwards += 1
         selected = w.argmax(dim=-1).tolist()
@@ -420,7 +433,7 @@ def fused_generate(
             for part in _partition([len(c) for c in chunks], overhead_tokens):
                 part_rows = [rows[i] for i in part]
                 logits = cache.run(e_calls[e], part_rows, [chunks[i] for i in part], pad_token_id, e_devs[e])
-                _check_vocab_dim(logits, vocab, f"expert {e} ({router.config.expert_names[e]})")
+                logits = _shared(logits, vocab, f"expert {e} ({router.config.expert_names[e]})")
                 e_logits[part_rows] = logits.to(device=r_dev, dtype=e_logits.dtype)
                 for k in part_rows:
                     outputs[live[k]].forwards += 1
@@ -432,7 +445,7 @@ def fused_generate(
             out.token_ids.append(tok)
             out.expert_ids.append(selected[k])
             seqs[k].append(tok)
-            if tok != eos_token_id and len(out.token_ids) < max_new_tokens:
+            if tok not in stops and len(out.token_ids) < max_new_tokens:
                 keep.append(k)
         if len(keep) < n:
             if not keep:
@@ -455,13 +468,15 @@ def naive_fused_generate(
     experts: Sequence[PreTrainedModel],
     prompts_ids: list[list[int]],
     max_new_tokens: int,
-    eos_token_id: int | None,
+    eos_token_id: int | Sequence[int] | None,
     pad_token_id: int | None,
     use_complementary: bool = True,
+    vocab_size: int | None = None,
 ) -> list[FusedOutput]:
     """Eq. 1 decoding that runs the router and EVERY expert on every live row at every step (each
     with a KV cache), then uses the selected expert. The baseline of the speed benchmark."""
-    vocab = check_shared_vocab(router, experts)
+    vocab = check_shared_vocab(router, experts, vocab_size)
+    stops = stop_set(eos_token_id)
     _check_prompts(prompts_ids, max_new_tokens)
     outputs = [FusedOutput() for _ in prompts_ids]
     if max_new_tokens == 0 or not prompts_ids:
@@ -479,8 +494,8 @@ def naive_fused_generate(
         rows = list(range(n))
         r_logits, w = caches[0].run(calls[0], rows, chunks, pad_token_id, devs[0])
         all_logits = [caches[i].run(calls[i], rows, chunks, pad_token_id, devs[i]) for i in range(1, len(calls))]
-        for lg in [r_logits, *all_logits]:
-            _check_vocab_dim(lg, vocab, "a model")
+        r_logits = _shared(r_logits, vocab, "the router")
+        all_logits = [_shared(lg, vocab, "an expert") for lg in all_logits]
         selected = w.argmax(dim=-1)
         stacked = torch.stack([lg.to(device=r_dev, dtype=r_logits.dtype) for lg in all_logits], dim=1)
         e_logits = stacked[torch.arange(n, device=r_dev), selected.to(r_dev)]
@@ -493,7 +508,7 @@ def naive_fused_generate(
             out.token_ids.append(tok)
             out.expert_ids.append(selected[k])
             out.forwards += len(calls)
-            if tok != eos_token_id and len(out.token_ids) < max_new_tokens:
+            if tok not in stops and len(out.token_ids) < max_new_tokens:
                 keep.append(k)
         if len(keep) < n:
             if not keep:
@@ -519,13 +534,15 @@ def reference_fused_generate(
     experts: Sequence[PreTrainedModel],
     prompts_ids: list[list[int]],
     max_new_tokens: int,
-    eos_token_id: int | None,
+    eos_token_id: int | Sequence[int] | None,
     pad_token_id: int | None,
     use_complementary: bool = True,
+    vocab_size: int | None = None,
 ) -> list[FusedOutput]:
     """The test oracle: one row at a time, no padding, no cache; at every step the router and the
     selected expert recompute the whole prefix. Slow (quadratic) on purpose."""
-    vocab = check_shared_vocab(router, experts)
+    vocab = check_shared_vocab(router, experts, vocab_size)
+    stops = stop_set(eos_token_id)
     _check_prompts(prompts_ids, max_new_tokens)
     del pad_token_id  # no padding here
     results = []
@@ -538,15 +555,15 @@ def reference_fused_generate(
             e = int(w.argmax())
             expert = experts[e]
             e_logits = _last_logits_no_cache(expert, seq, _model_device(expert)).logits[0, -1]
-            _check_vocab_dim(r_logits, vocab, "the router")
-            _check_vocab_dim(e_logits, vocab, f"expert {e}")
+            r_logits = _shared(r_logits, vocab, "the router")
+            e_logits = _shared(e_logits, vocab, f"expert {e}")
             score = _combine(r_logits if use_complementary else None, e_logits.to(router.device))
             tok = int(score.argmax())
             out.token_ids.append(tok)
             out.expert_ids.append(e)
             out.forwards += 2
             seq.append(tok)
-            if tok == eos_token_id:
+            if tok in stops:
                 break
         results.append(out)
     return results
@@ -561,8 +578,9 @@ def greedy_generate(
     model: PreTrainedModel,
     prompts_ids: list[list[int]],
     max_new_tokens: int,
-    eos_token_id: int | None,
+    eos_token_id: int | Sequence[int] | None,
     pad_token_id: int | None,
+    vocab_size: int | None = None,
 ) -> list[list[int]]:
     """Greedy decoding of one model, batched with left padding and a KV cache. Returns the emitted
     tokens of each prompt (a final eos included), in prompt order."""
@@ -573,17 +591,18 @@ def greedy_generate(
     capacity = max(len(p) for p in prompts_ids) + max_new_tokens + 1
     cache = _RowCache(model, len(prompts_ids), capacity)
     call, device = _lm_call(model), _model_device(model)
+    stops, vocab = stop_set(eos_token_id), vocab_size or _logits_vocab(model)
     live = list(range(len(prompts_ids)))
     chunks = [list(p) for p in prompts_ids]
     while live:
         n = len(live)
-        logits = cache.run(call, list(range(n)), chunks, pad_token_id, device)
+        logits = _shared(cache.run(call, list(range(n)), chunks, pad_token_id, device), vocab, "the model")
         next_tokens = logits.argmax(dim=-1).tolist()
         keep = []
         for k in range(n):
             out, tok = outputs[live[k]], next_tokens[k]
             out.append(tok)
-            if tok != eos_token_id and len(out) < max_new_tokens:
+            if tok not in stops and len(out) < max_new_tokens:
                 keep.append(k)
         if len(keep) < n:
             if not keep:
@@ -599,19 +618,21 @@ def reference_greedy_generate(
     model: PreTrainedModel,
     prompts_ids: list[list[int]],
     max_new_tokens: int,
-    eos_token_id: int | None,
+    eos_token_id: int | Sequence[int] | None,
+    vocab_size: int | None = None,
 ) -> list[list[int]]:
     """The oracle of ``greedy_generate``: one row at a time, full prefix recomputed each step."""
     _check_prompts(prompts_ids, max_new_tokens)
     device = _model_device(model)
+    stops, vocab = stop_set(eos_token_id), vocab_size or _logits_vocab(model)
     results = []
     for prompt in prompts_ids:
         seq, out = list(prompt), []
         while len(out) < max_new_tokens:
-            tok = int(_last_logits_no_cache(model, seq, device).logits[0, -1].argmax())
+            tok = int(_shared(_last_logits_no_cache(model, seq, device).logits[0, -1], vocab, "the model").argmax())
             out.append(tok)
             seq.append(tok)
-            if tok == eos_token_id:
+            if tok in stops:
                 break
         results.append(out)
     return results

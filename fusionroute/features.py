@@ -17,23 +17,18 @@ from transformers import PreTrainedModel
 
 from fusionroute.data import Encoded, collate
 from fusionroute.losses import gather_logprobs, shift
-
-
-def check_same_vocabulary(names: Sequence[str], vocab_sizes: Sequence[int]) -> None:
-    if len(set(vocab_sizes)) > 1:
-        listing = ", ".join(f"{n}: {v}" for n, v in zip(names, vocab_sizes))
-        raise ValueError(f"experts must share one vocabulary, but their output sizes differ ({listing})")
+from fusionroute.vocab import check_logit_widths, output_rows
 
 
 @torch.no_grad()
 def compute_expert_features(
     experts: Sequence[PreTrainedModel], encoded: Sequence[Encoded], pad_token_id: int, batch_size: int = 16,
-    desc: str = "expert features",
+    desc: str = "expert features", vocab_size: int | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Per sequence: {"gold": (R, n_experts) float32, "argmax": (R, n_experts) int32} over its
-    R response target positions (labels != IGNORE after the shift), in order."""
-    check_same_vocabulary([f"expert {i}" for i in range(len(experts))],
-                          [e.get_output_embeddings().weight.shape[0] for e in experts])
+    R response target positions (labels != IGNORE after the shift), in order. `vocab_size`: the
+    shared id range (fusionroute.vocab); larger ids are masked from each expert's distribution."""
+    vocab = check_logit_widths({f"expert {i}": output_rows(e) for i, e in enumerate(experts)}, vocab_size)
     device = experts[0].device
     out: list[dict[str, torch.Tensor]] = []
     for start in progress(range(0, len(encoded), batch_size), desc=desc):
@@ -41,7 +36,7 @@ def compute_expert_features(
         batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
         golds, argmaxes = [], []
         for expert in experts:
-            logits = expert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = expert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :vocab]
             shifted, targets, mask = shift(logits, batch["labels"])
             golds.append(gather_logprobs(shifted, targets))
             argmaxes.append(shifted.argmax(-1))

@@ -37,6 +37,7 @@ class MethodContext:
     tokenizer: str  # tokenizer source (directory or hub id)
     dtype: str = "float32"
     device: str = "cpu"
+    prompt_template: str | None = None  # the world's template the prompts were rendered with
 
 
 Builder = Callable[[MethodContext], Generator]

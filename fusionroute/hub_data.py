@@ -5,6 +5,9 @@ The workflow's rule `hub_data` (workflow/rules/hub.smk) writes, from the config'
 - `preferences.jsonl` records {"id", "instruction", "chosen", "rejected"}  (OpenHermesPreferences)
 - `sft_holdout.jsonl` records {"id", "instruction", "response"}: the SFT test hold-out, never
   trained on; its instructions are the judge's "general" prompt set (Figures 3 and 4).
+- `mix_sft.jsonl`     records {"id", "instruction", "response"}: the SFT samples of mix training
+  (`mix_n`), drawn from the rows after the SFT set, so disjoint from it (the paper samples 200k
+  for SFT and 100k for mix training from the training pool). Without `mix_n` it is the SFT set.
 These are the same files (same record fields) the tiny world's `tiny_data` rule writes.
 
 Where rows come from (`source` = one `training_data.sft` / `training_data.preferences` block):
@@ -38,8 +41,9 @@ Accepted preference row schemas:
 Pairs whose chosen and rejected responses are equal or empty are skipped.
 
 Subsets are seeded: the rows are permuted with `random.Random(seed)`; for the SFT mix the first
-`test_holdout` usable rows are the hold-out and the next `n` usable rows (whose instruction is not
-in the hold-out) are the training set, so the hold-out does not change when `n` does. `n: null`
+`test_holdout` usable rows are the hold-out, the next `n` usable rows (whose instruction is not
+in the hold-out) are the training set and the `mix_n` after those the mix-training set, so the
+hold-out does not change when `n` does. `n: null`
 keeps every usable row. Only as many rows as needed are normalised (the hub sets are large).
 """
 from __future__ import annotations
@@ -246,8 +250,9 @@ def _take(rows: Sequence[dict], order: Iterable[int], normalize, n: int | None, 
 
 
 def sft_subsets(rows: Sequence[dict], n: int | None, test_holdout: int, seed: int,
-                system: str = "drop") -> tuple[list[dict], list[dict], dict]:
-    """(train, holdout, stats): disjoint seeded subsets of normalised SFT records with ids."""
+                system: str = "drop", mix_n: int | None = None) -> tuple[list[dict], list[dict], list[dict], dict]:
+    """(train, holdout, mix, stats): disjoint seeded subsets of normalised SFT records with ids
+    (`mix` is empty without `mix_n`)."""
     stats = {"rows": len(rows), "unusable": 0, "held_out_duplicates": 0}
     order = _permuted(len(rows), seed)
     norm = lambda r: normalize_sft(r, system)  # noqa: E731
@@ -256,12 +261,17 @@ def sft_subsets(rows: Sequence[dict], n: int | None, test_holdout: int, seed: in
         holdout.append({"id": f"sft-{index}", **record})
         used.add(index)
     held = {r["instruction"] for r in holdout}
-    rest = (i for i in order if i not in used)
+    rest = iter([i for i in order if i not in used])
+    # `rest` is one iterator: the mix set continues where the training set stopped
     train = [{"id": f"sft-{i}", **r} for i, r in _take(rows, rest, norm, n, held, stats)]
+    mix = [{"id": f"sft-{i}", **r} for i, r in _take(rows, rest, norm, mix_n, held, stats)] if mix_n else []
     if test_holdout and len(holdout) < test_holdout:
         raise HubDataError(f"only {len(holdout)} usable SFT rows for a hold-out of {test_holdout}")
-    stats.update(train=len(train), holdout=len(holdout))
-    return train, holdout, stats
+    if mix_n and len(mix) < mix_n:
+        raise HubDataError(f"only {len(mix)} usable SFT rows left for mix training after {len(train)} SFT rows "
+                           f"(mix_n = {mix_n}); lower `training_data.sft.n` or `mix_n`")
+    stats.update(train=len(train), holdout=len(holdout), mix=len(mix))
+    return train, holdout, mix, stats
 
 
 def preference_subset(rows: Sequence[dict], n: int | None, seed: int) -> tuple[list[dict], dict]:
@@ -273,11 +283,11 @@ def preference_subset(rows: Sequence[dict], n: int | None, seed: int) -> tuple[l
 
 
 def build_training_data(sft_source: dict, pref_source: dict, seed: int, sft_out: str, holdout_out: str,
-                        pref_out: str, stats_out: str | None = None) -> dict:
-    """Write the three files of the module docstring; returns the counts."""
-    train, holdout, sft_stats = sft_subsets(load_rows(sft_source), sft_source.get("n"),
-                                            int(sft_source.get("test_holdout") or 0), seed,
-                                            sft_source.get("system", "drop"))
+                        pref_out: str, stats_out: str | None = None, mix_out: str | None = None) -> dict:
+    """Write the files of the module docstring; returns the counts."""
+    train, holdout, mix, sft_stats = sft_subsets(load_rows(sft_source), sft_source.get("n"),
+                                                 int(sft_source.get("test_holdout") or 0), seed,
+                                                 sft_source.get("system", "drop"), sft_source.get("mix_n"))
     if not train:
         raise HubDataError(f"no usable SFT rows in {sft_source}")
     pairs, pref_stats = preference_subset(load_rows(pref_source), pref_source.get("n"), seed + 1)
@@ -286,6 +296,8 @@ def build_training_data(sft_source: dict, pref_source: dict, seed: int, sft_out:
     write_jsonl(sft_out, train)
     write_jsonl(holdout_out, holdout)
     write_jsonl(pref_out, pairs)
+    if mix_out:
+        write_jsonl(mix_out, mix or train)
     stats = {"sft": sft_stats, "preferences": pref_stats}
     if stats_out:
         write_json(stats_out, stats)
@@ -308,5 +320,6 @@ from fusionroute.pipeline import step  # noqa: E402  (registered when fusionrout
 @step
 def hub_data(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     stats = build_training_data(params["sft"], params["preferences"], params["seed"], outputs["sft_mix"],
-                                outputs["holdout"], outputs["preferences"], outputs.get("stats"))
+                                outputs["holdout"], outputs["preferences"], outputs.get("stats"),
+                                outputs.get("mix_sft"))
     print(json.dumps(stats, indent=2))

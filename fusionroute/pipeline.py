@@ -323,7 +323,7 @@ def generate(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     tokenizer = models.pop("tokenizer")
     ctx = MethodContext(kind=params["kind"], inputs=models, params=params.get("method_params", {}),
                         tokenizer=tokenizer, dtype=params.get("dtype", "float32"),
-                        device=params.get("device", "cpu"))
+                        device=params.get("device", "cpu"), prompt_template=params["prompt_template"])
     generator = build_generator(ctx)
     settings = {k: params[k] for k in sorted(params)}
     run_generation(generator, samples, outputs["generations"], params["batch_size"], params["max_new_tokens"],

@@ -106,14 +106,28 @@ def test_parquet_and_missing_files(tmp_path):
 
 def test_sft_holdout_is_disjoint_and_stable():
     rows = [sharegpt_row(i) for i in range(60)] + [{"messages": []}] * 5  # 5 unusable rows
-    train, holdout, stats = sft_subsets(rows, n=30, test_holdout=10, seed=0)
-    assert len(train) == 30 and len(holdout) == 10
+    train, holdout, mix, stats = sft_subsets(rows, n=30, test_holdout=10, seed=0)
+    assert len(train) == 30 and len(holdout) == 10 and mix == []
     assert not {r["instruction"] for r in train} & {r["instruction"] for r in holdout}
-    more, holdout2, _ = sft_subsets(rows, n=None, test_holdout=10, seed=0)
+    more, holdout2, _, _ = sft_subsets(rows, n=None, test_holdout=10, seed=0)
     assert holdout2 == holdout                         # the hold-out does not depend on n
     assert len(more) == 50 and stats["rows"] == 65     # n=None: every usable row
     with pytest.raises(HubDataError, match="hold-out"):
         sft_subsets(rows[:5], n=3, test_holdout=10, seed=0)
+
+
+def test_mix_training_sft_set_is_disjoint_from_the_sft_set():
+    """Paper: 500 held out, 200k sampled for SFT and 100k for mix training from the rest."""
+    rows = [sharegpt_row(i) for i in range(60)]
+    train, holdout, mix, stats = sft_subsets(rows, n=30, test_holdout=10, seed=0, mix_n=15)
+    ids = [{r["id"] for r in part} for part in (train, holdout, mix)]
+    assert [len(i) for i in ids] == [30, 10, 15] and stats["mix"] == 15
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    # adding the mix set changes neither the hold-out nor the SFT set
+    train2, holdout2, _, _ = sft_subsets(rows, n=30, test_holdout=10, seed=0)
+    assert (train2, holdout2) == (train, holdout)
+    with pytest.raises(HubDataError, match="mix_n"):
+        sft_subsets(rows, n=30, test_holdout=10, seed=0, mix_n=25)
 
 
 # ---- workflow steps -------------------------------------------------------------------------------
