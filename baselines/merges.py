@@ -18,7 +18,6 @@ reproduces the merge bit for bit (tested).
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,6 @@ from fusionroute.io import atomic_write_text, write_json
 
 MERGE_METHODS = ("dare_linear", "task_arithmetic")
 RESCALE_MODES = ("dare", "l1")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json")
 
 
 def merge_config(method: str, base: str, experts: list[str], params: dict[str, Any] | None = None) -> dict:
@@ -87,7 +84,9 @@ def run_merge(config: dict, out_dir: str, seed: int, copy_tokenizer_from: str | 
 
     Writes `out_dir/merge_config.yaml` (the exact config, for provenance) and
     `out_dir/merge_provenance.json` (seed, mergekit version). Offline: every model in `config`
-    must be a local directory (or already in the HF cache).
+    must be a local directory (or already in the HF cache). Experts whose vocabularies differ only
+    by appended tokens (fusionroute.vocab's policy, checked by the caller) are merged over the
+    shared prefix: mergekit keeps the common token-id prefix of vocabulary tensors.
     """
     import mergekit
     from mergekit.config import MergeConfiguration
@@ -104,12 +103,11 @@ def run_merge(config: dict, out_dir: str, seed: int, copy_tokenizer_from: str | 
     torch.manual_seed(int(seed))
     mergekit_run_merge(merge_configuration, out_path=str(out), options=options, config_source=text)
     if copy_tokenizer_from:
-        source = Path(copy_tokenizer_from)
-        copied = [name for name in TOKENIZER_FILES if (source / name).exists()]
-        if not copied:
-            raise FileNotFoundError(f"no tokenizer files in {source}")
-        for name in copied:
-            shutil.copy(source / name, out / name)
+        # The world's tokenizer (a local directory or a hub id): loaded and saved, not copied as
+        # files, so that a hub id works exactly like a directory.
+        from fusionroute.models import load_tokenizer
+
+        load_tokenizer(copy_tokenizer_from).save_pretrained(str(out))
     atomic_write_text(out / "merge_config.yaml", text)
     write_json(out / "merge_provenance.json", {"seed": int(seed), "mergekit_version": _version(mergekit),
                                               "tokenizer_from": str(copy_tokenizer_from) if copy_tokenizer_from else None,

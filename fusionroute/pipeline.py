@@ -179,22 +179,30 @@ def _load_experts(paths: list[str], dtype: str, device: str):
 
 @step
 def expert_features(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
-    """Each expert's gold-token log-prob and argmax at every response position, for the SFT
-    samples and for both sides of every preference pair."""
+    """Each expert's gold-token log-prob and argmax at every response position, for every SFT
+    set named in `outputs` (sft, mix_sft) and for both sides of every preference pair."""
     from fusionroute.experts import ExpertPool
     from fusionroute.features import compute_expert_features, save_features
 
     models = params["models"]
     pool = ExpertPool.load(params["expert_names"], models["experts"], models["tokenizer"],
                            params.get("dtype", "float32"), params.get("device", "cpu"))
+    print(pool.vocab.describe())
     tok, template, max_len = pool.tokenizer, params["prompt_template"], params["max_len"]
-    sft = load_sft_encoded(inputs["sft"], tok, template, max_len)
-    meta = {"experts": params["expert_names"], "max_len": max_len}
-    save_features(outputs["sft"], compute_expert_features(pool.models, sft, tok.pad_token_id, desc="features: SFT"), meta)
-    pairs = load_pairs(inputs["preferences"], tok, template, max_len)
-    chosen = compute_expert_features(pool.models, [p.chosen for p in pairs], tok.pad_token_id, desc="features: chosen")
-    rejected = compute_expert_features(pool.models, [p.rejected for p in pairs], tok.pad_token_id, desc="features: rejected")
-    save_features(outputs["preferences"], [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected)], meta)
+    meta = {"experts": params["expert_names"], "max_len": max_len, "vocab_size": pool.vocab.size}
+
+    def features(encoded: list, desc: str) -> list:
+        return compute_expert_features(pool.models, encoded, tok.pad_token_id, desc=desc, vocab_size=pool.vocab.size)
+
+    for name in outputs:
+        if name == "preferences":
+            pairs = load_pairs(inputs["preferences"], tok, template, max_len)
+            chosen = features([p.chosen for p in pairs], "features: chosen")
+            rejected = features([p.rejected for p in pairs], "features: rejected")
+            save_features(outputs[name], [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected)], meta)
+        else:
+            sft = load_sft_encoded(inputs[name], tok, template, max_len)
+            save_features(outputs[name], features(sft, f"features: {name}"), meta)
 
 
 @step
@@ -414,14 +422,21 @@ def reward_model(inputs: dict, outputs: dict, params: dict, threads: int) -> Non
 
 @step
 def merge(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
+    """mergekit DARE / TaskArithmetic over the experts' common base, on the CPU (the merge rule asks
+    the scheduler for no GPU; mergekit streams tensors, so memory, not a GPU, is its limit)."""
     from baselines.merges import merge_config, run_merge
+    from fusionroute.models import load_tokenizer
+    from fusionroute.vocab import shared_vocabulary
 
     models = params["models"]
+    sources = {"base": models["base"], **{f"expert {i}": e for i, e in enumerate(models["experts"])}}
+    # the policy check before mergekit, which truncates vocabulary tensors to their common prefix
+    vocab = shared_vocabulary(load_tokenizer(models["tokenizer"]),
+                              {name: load_tokenizer(src) for name, src in sources.items()}, {})
+    print(vocab.describe())
     mergekit_method = {"dare": "dare_linear", "task_arithmetic": "task_arithmetic"}[params["merge"]]
     spec = {"lambda": params["settings"].get("weight", 1.0), "dtype": params.get("dtype", "float32")}
     if "density" in params["settings"]:
         spec["density"] = params["settings"]["density"]
     config = merge_config(mergekit_method, models["base"], models["experts"], spec)
-    device = params.get("device", "cpu")
-    run_merge(config, outputs["model"], seed=params["seed"], copy_tokenizer_from=models["tokenizer"],
-              device="cpu" if device == "auto" else device)
+    run_merge(config, outputs["model"], seed=params["seed"], copy_tokenizer_from=models["tokenizer"], device="cpu")

@@ -91,14 +91,20 @@ def test_single_family_configs(config, family):
     assert f"results/{family}/{family}/fusionroute/gsm8k/scores.json" in result.stdout
 
 
+def job_resources(output: str) -> list[tuple[str, dict[str, str]]]:
+    out = []
+    for rule, block in job_blocks(output):
+        resources = block.split("resources:", 1)[1].split("\n", 1)[0]
+        out.append((rule, dict(item.strip().split("=", 1) for item in resources.split(",") if "=" in item)))
+    return out
+
+
 def test_slurm_profile_gives_gpus_to_gpu_rules_only(tmp_path):
     env = offline_env(FUSIONROUTE_SLURM_PARTITION="gpu_part", FUSIONROUTE_SLURM_ACCOUNT="proj42")
     result = dry_run("config/paper.yaml", "--workflow-profile", "profiles/slurm", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     seen = set()
-    for rule, block in job_blocks(result.stdout):
-        resources = block.split("resources:", 1)[1].split("\n", 1)[0]
-        values = dict(item.strip().split("=", 1) for item in resources.split(",") if "=" in item)
+    for rule, values in job_resources(result.stdout):
         seen.add(rule)
         if rule in GPU_RULES:
             assert values.get("gpu") == "1", (rule, resources)
@@ -107,6 +113,46 @@ def test_slurm_profile_gives_gpus_to_gpu_rules_only(tmp_path):
             assert values.get("gpu", "0") == "0", (rule, resources)
         assert values.get("slurm_partition") == "gpu_part" and values.get("slurm_account") == "proj42"
     assert GPU_RULES | CPU_RULES <= seen
+
+
+def test_slurm_profile_without_partition_and_account_passes_none():
+    """Unset variables give empty values (SLURM's defaults), never the literal "$VARIABLE" text."""
+    env = offline_env()
+    for var in ("FUSIONROUTE_SLURM_PARTITION", "FUSIONROUTE_SLURM_ACCOUNT"):
+        env.pop(var, None)
+    result = dry_run("config/paper.yaml", "--workflow-profile", "profiles/slurm", env=env, targets=["results/table1.tex"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rule, values in job_resources(result.stdout):
+        assert values.get("slurm_partition", "") == "" and values.get("slurm_account", "") == "", (rule, values)
+    assert "$" not in result.stdout
+
+
+def test_profile_and_workflow_profile_plan_the_same_jobs():
+    """`--profile profiles/slurm` also loads profiles/default; that profile holds nothing that
+    changes a SLURM run, so both spellings plan the same jobs with the same resources."""
+    env = offline_env(FUSIONROUTE_SLURM_PARTITION="p", FUSIONROUTE_SLURM_ACCOUNT="a")
+    runs = [dry_run("config/paper.yaml", flag, "profiles/slurm", env=env, targets=["results/table1.tex"])
+            for flag in ("--workflow-profile", "--profile")]
+    assert all(r.returncode == 0 for r in runs), [r.stderr[-2000:] for r in runs]
+    assert sorted(job_resources(runs[0].stdout), key=str) == sorted(job_resources(runs[1].stdout), key=str)
+    default = yaml.safe_load((scratch() / "profiles/default/config.yaml").read_text())
+    slurm = yaml.safe_load((scratch() / "profiles/slurm/config.yaml").read_text())
+    assert all(slurm.get(k, v) == v for k, v in default.items()), "profiles/default overrides a SLURM setting"
+
+
+def test_paper_world_settings_are_the_papers():
+    """Points of the paper a reader checks first (Section 5 and 6.3 of the paper)."""
+    config = yaml.safe_load((scratch() / "config/paper.yaml").read_text())
+    llama, gemma = config["families"]["llama3"], config["families"]["gemma2"]
+    # the MergeBench experts were fine-tuned from the instruct models: the task vectors' base
+    assert llama["base"] == "meta-llama/Llama-3.1-8B-Instruct" == llama["expert_sources"]["instruction"]
+    assert gemma["base"] == "google/gemma-2-2b-it"
+    assert all("-it_" in src for src in gemma["expert_sources"].values())
+    assert gemma["reward_model"] == "weqweasdas/RM-Gemma-2B"
+    assert llama["reward_model"] == "Ray2333/reward-model-Mistral-7B-instruct-Unified-Feedback"
+    assert config["judge"]["general"]["max_new_tokens"] == 300 and config["generation"]["max_new_tokens"] == 400
+    sft = config["training_data"]["sft"]
+    assert (sft["hub_id"], sft["n"], sft["mix_n"], sft["test_holdout"]) == ("mlabonne/open-perfectblend", 200000, 100000, 500)
 
 
 def _bad_config(tmp_path, edit) -> Path:
@@ -124,7 +170,7 @@ def _bad_config(tmp_path, edit) -> Path:
     (lambda c: c["fusionroute"]["sft"].update(lr="1e-5"), "1e-5"),                   # wrong type (YAML string)
     (lambda c: c.pop("generation"), "generation"),                                   # missing required field
     (lambda c: c["families"]["llama3"].pop("reward_model"), "reward_model"),         # missing for a hub family
-    (lambda c: c["training_data"]["sft"].update(hub_id="x/perfectblend"), "hub_id"),  # path AND hub_id
+    (lambda c: c["training_data"]["sft"].update(path="data/perfectblend.jsonl"), "hub_id"),  # path AND hub_id
     (lambda c: c["training"].update(launcher="torchrun"), "torchrun"),               # not an allowed value
 ])
 def test_bad_config_stops_naming_the_key(tmp_path, edit, expected):

@@ -135,3 +135,40 @@ def test_builder_refuses_experts_with_another_tokenizer(world, tmp_path, tokeniz
                         params={}, tokenizer=dirs["E0"])
     with pytest.raises(ValueError, match="share one vocabulary token for token.*odd_expert"):
         build_generator(ctx)
+
+
+@pytest.mark.parametrize("kind", ["sequence_selection", "collab"])
+def test_reward_model_sees_the_question_in_its_own_chat_format(world, tmp_path, kind):
+    """A hub reward model (its own tokenizer and chat template, no saved prompt template) is given
+    the question, not the policies' Alpaca-wrapped prompt, as the user turn."""
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    from baseline_helpers import tiny_llama_config
+    from fusionroute.tiny.tokenizer import train_tokenizer
+
+    _, dirs, _, _ = world
+    rm_tok = train_tokenizer(["[USER] how many apples [ASSISTANT] seven " * 30, "the sea is wide " * 20],
+                             vocab_size=290, out_dir=tmp_path / "rm_tok")
+    rm_tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}"
+                            "{% endfor %}")
+    torch.manual_seed(0)
+    rm = LlamaForSequenceClassification(tiny_llama_config(rm_tok, num_labels=1))
+    rm_dir = save_model(rm, rm_tok, tmp_path / "hub_rm")
+    ctx = MethodContext(kind=kind, inputs={"experts": [dirs["E0"], dirs["E2"]], "reward_model": rm_dir},
+                        params={"top_k": 1, "lookahead": 1} if kind == "collab" else {},
+                        tokenizer=dirs["E0"], prompt_template=TEMPLATE)
+    gen = build_generator(ctx)
+    seen: list[str] = []
+    score = gen.scorer.score
+
+    def recording_score(prompts, responses):
+        seen.extend(prompts)
+        return score(prompts, responses)
+
+    gen.scorer.score = recording_score
+    gen.generate(PROMPTS, max_new_tokens=2)
+    assert set(seen) == {"Add 3 and 4.", "Write a poem about the sea."}
+    text = gen.scorer.tokenizer.decode(gen.scorer.encode("Add 3 and 4.", "7"))
+    assert text.startswith("<|user|>Add 3 and 4.") and "<|assistant|>7" in text and "### Instruction" not in text
+    assert gen.scorer.tokenizer.get_vocab() != gen.tokenizer.get_vocab()   # its own tokenizer

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,3 +160,39 @@ def test_cli_runs_a_merge_in_a_subprocess(family, tmp_path):
     name = "model.layers.0.mlp.up_proj.weight"
     torch.testing.assert_close(merged[name], base[name] + 0.5 * (e0[name] + e1[name] - 2 * base[name]), atol=1e-5, rtol=1e-5)
     assert (out / "tokenizer.json").exists()
+
+
+def test_merge_step_takes_a_hub_tokenizer_and_runs_on_the_cpu(tmp_path, monkeypatch, tokenizer, tok_dir):
+    """The merge rule gets a hub id for the tokenizer (paper configs) and asks SLURM for no GPU:
+    the step must load the tokenizer through the hub path and merge on the CPU whatever `device`."""
+    from baseline_helpers import save_model, tiny_llama_config
+    from hf_cache import add_to_hub_cache
+    from transformers import LlamaForCausalLM
+
+    base = LlamaForCausalLM(tiny_llama_config(tokenizer))
+    base_dir = save_model(base, tokenizer, tmp_path / "base")
+    experts = []
+    for k in range(2):
+        expert = LlamaForCausalLM(tiny_llama_config(tokenizer))
+        expert.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            expert.lm_head.weight.add_(0.01 * (k + 1))
+        experts.append(save_model(expert, tokenizer, tmp_path / f"expert{k}"))
+    cache = tmp_path / "hf_cache"
+    add_to_hub_cache(cache, "someorg/instruct-model", Path(base_dir))   # a model repo: config + weights + tokenizer
+    out = tmp_path / "merged"
+    params = {"seed": 0, "device": "cuda", "dtype": "float32", "merge": "task_arithmetic", "settings": {"weight": 1.0},
+              "models": {"tokenizer": "someorg/instruct-model", "base": base_dir, "experts": experts}}
+    # a fresh process: huggingface_hub reads HF_HUB_OFFLINE / HF_HUB_CACHE when imported
+    code = ("import json, sys; from fusionroute.pipeline import run_step; "
+            "run_step('merge', {}, {'model': sys.argv[1]}, json.loads(sys.argv[2]))")
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", code, str(out), json.dumps(params)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = LlamaForCausalLM.from_pretrained(out)
+    expected = base.lm_head.weight + 0.01 + 0.02
+    assert torch.allclose(merged.lm_head.weight, expected, atol=1e-6)
+    from fusionroute.models import load_tokenizer
+
+    assert load_tokenizer(str(out)).get_vocab() == tokenizer.get_vocab()

@@ -22,6 +22,22 @@ def is_tiny(family):
     return FAMILIES[family]["source"] == "tiny"
 
 
+# Training data. A hub world's mix training draws its SFT samples from a set disjoint from the SFT
+# phase's (the paper: 200k for SFT, 100k more for mix training); the tiny world's from its SFT set.
+HUB_WORLD = not any(is_tiny(f) for f in FAMILIES)
+SFT_DATA = f"{BUILD}/data/sft_mix.jsonl"
+PREF_DATA = f"{BUILD}/data/preferences.jsonl"
+MIX_SFT_DATA = f"{BUILD}/data/mix_sft.jsonl" if HUB_WORLD else SFT_DATA
+# Expert features are computed for each training set the router sees (name -> data file).
+FEATURE_SETS = {"sft": SFT_DATA, "preferences": PREF_DATA, **({"mix_sft": MIX_SFT_DATA} if HUB_WORLD else {})}
+MIX_FEATURES = "mix_sft" if HUB_WORLD else "sft"
+
+
+def training_settings(family):
+    """`training` (LoRA, launcher, ...) with the family's own changes on top."""
+    return {**config.get("training", {}), **FAMILIES[family].get("training", {})}
+
+
 def experts(family):
     return list(FAMILIES[family]["experts"])
 

@@ -4,7 +4,6 @@
 # The tiny world's `tiny_data` rule writes the same two training files; exactly one of the two
 # rules applies: a world is either all-tiny (tiny_data) or all-hub (hub_data, which then also takes
 # precedence through the ruleorder below). Include this file after tiny.smk.
-HUB_WORLD = not any(is_tiny(f) for f in FAMILIES)
 TRAINING_DATA = config.get("training_data")
 SFT_HOLDOUT = f"{BUILD}/data/sft_holdout.jsonl"
 
@@ -26,6 +25,7 @@ if HUB_WORLD:
     rule hub_data:
         output:
             sft_mix=SFT_DATA,
+            mix_sft=MIX_SFT_DATA,
             holdout=SFT_HOLDOUT,
             preferences=PREF_DATA,
             stats=f"{BUILD}/data/training_data_stats.json",

@@ -2,18 +2,14 @@
 # fine-tuned baseline, which shares the loop: LM-only SFT, then the same mix with plain DPO.
 FR = config["fusionroute"]
 FT = config["finetuned"]
-SFT_DATA = f"{BUILD}/data/sft_mix.jsonl"
-PREF_DATA = f"{BUILD}/data/preferences.jsonl"
 
 
 rule expert_features:
     input:
         lambda w: model_inputs(w.family, {"experts": "experts"}),
-        sft=SFT_DATA,
-        preferences=PREF_DATA,
+        **FEATURE_SETS,
     output:
-        sft=f"{BUILD}/{{family}}/features/sft.pt",
-        preferences=f"{BUILD}/{{family}}/features/preferences.pt",
+        **{name: f"{BUILD}/{{family}}/features/{name}.pt" for name in FEATURE_SETS},
     params:
         common=lambda w: COMMON,
         models=lambda w: models_param(w.family, {"experts": "experts"}),
@@ -39,7 +35,7 @@ rule router_sft:
         log=f"{BUILD}/{{family}}/logs/router_sft.json",
     params:
         common=lambda w: COMMON,
-        scaling=config.get("training", {}),
+        scaling=lambda w: training_settings(w.family),
         models=lambda w: models_param(w.family, {"init": FAMILIES[w.family]["router_init"], "experts": "experts"}),
         expert_names=lambda w: experts(w.family),
         optim={k: v for k, v in FR["sft"].items() if k not in ("lam", "reading")},
@@ -62,9 +58,9 @@ MIX_KEYS = ("lam", "beta", "n_sft", "n_pref", "reading")
 rule router_mix:
     input:
         router_sft=f"{BUILD}/{{family}}/router_sft",
-        sft=SFT_DATA,
+        sft=MIX_SFT_DATA,
         preferences=PREF_DATA,
-        sft_features=f"{BUILD}/{{family}}/features/sft.pt",
+        sft_features=f"{BUILD}/{{family}}/features/{MIX_FEATURES}.pt",
         pref_features=f"{BUILD}/{{family}}/features/preferences.pt",
     output:
         model=directory(f"{BUILD}/{{family}}/router"),
@@ -72,7 +68,7 @@ rule router_mix:
     params:
         step="mix_train",
         common=lambda w: COMMON,
-        scaling=config.get("training", {}),
+        scaling=lambda w: training_settings(w.family),
         policy="router",
         models=lambda w: models_param(w.family, {"init": "router_sft"}),
         optim={k: v for k, v in FR["mix"].items() if k not in MIX_KEYS},
@@ -98,7 +94,7 @@ rule finetuned_sft:
     params:
         step="finetune_lm",
         common=lambda w: COMMON,
-        scaling=config.get("training", {}),
+        scaling=lambda w: training_settings(w.family),
         models=lambda w: models_param(w.family, {"init": FAMILIES[w.family]["router_init"]}),
         optim=FT["sft"],
         desc="fine-tuned SFT",
@@ -116,7 +112,7 @@ rule finetuned_sft:
 rule finetuned_mix:
     input:
         init=f"{BUILD}/{{family}}/finetuned_sft",
-        sft=SFT_DATA,
+        sft=MIX_SFT_DATA,
         preferences=PREF_DATA,
     output:
         model=directory(f"{BUILD}/{{family}}/finetuned"),
@@ -124,7 +120,7 @@ rule finetuned_mix:
     params:
         step="mix_train",
         common=lambda w: COMMON,
-        scaling=config.get("training", {}),
+        scaling=lambda w: training_settings(w.family),
         policy="lm",
         models=lambda w: models_param(w.family, {"init": "finetuned_sft"}),
         optim={k: v for k, v in FT["mix"].items() if k not in MIX_KEYS},

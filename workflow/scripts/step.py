@@ -2,6 +2,7 @@
 import contextlib
 import sys
 
+from fusionroute.devices import claim_gpus
 from fusionroute.pipeline import run_step
 
 
@@ -24,6 +25,10 @@ for merged in ("common", "cell"):
 name = params.pop("step", smk.rule)
 with open(smk.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
     try:
+        # a local GPU job claims its own device(s) before anything initialises CUDA
+        gpus = claim_gpus(int(smk.resources.get("gpu", 0) or 0))
+        if gpus:
+            print(f"[step] running on GPU(s) {','.join(gpus)}", flush=True)
         run_step(name, inputs, outputs, params, smk.threads)
     except BaseException:
         import traceback
