@@ -23,6 +23,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/hub.smk"
 include: "workflow/rules/judge.smk"
+include: "workflow/rules/theory.smk"
 
 
 rule all:

@@ -39,13 +39,16 @@ def merge_config(method: str, base: str, experts: list[str], params: dict[str, A
       rescale  DARE: "dare" (x 1/density, exact) or "l1" (mergekit's L1-norm matching)
       weights  per-expert weights before lambda (default 1 each)
       dtype    merge dtype (float32 for the tiny world; bfloat16 for paper models)
+      tokenizer_source  "base": mergekit aligns every model's vocabulary tensors to the base's
+               tokenizer (needed when an expert appended tokens; the shared ids must already map
+               token for token, see fusionroute.vocab)
     """
     params = dict(params or {})
     if method not in MERGE_METHODS:
         raise ValueError(f"merge method must be one of {MERGE_METHODS}, got {method!r}")
     if not experts:
         raise ValueError("a merge needs at least one expert")
-    unknown = set(params) - {"lambda", "density", "rescale", "weights", "dtype"}
+    unknown = set(params) - {"lambda", "density", "rescale", "weights", "dtype", "tokenizer_source"}
     if unknown:
         raise ValueError(f"unknown merge params {sorted(unknown)}")
     lam = float(params.get("lambda", 1.0))
@@ -69,13 +72,16 @@ def merge_config(method: str, base: str, experts: list[str], params: dict[str, A
     elif "density" in params or "rescale" in params:
         raise ValueError("density/rescale only apply to dare_linear")
     method_params["lambda"] = lam
-    return {
+    config = {
         "merge_method": method,
         "base_model": str(base),
         "models": [{"model": str(e), "parameters": p} for e, p in zip(experts, model_params)],
         "parameters": method_params,
         "dtype": params.get("dtype", "float32"),
     }
+    if params.get("tokenizer_source"):
+        config["tokenizer"] = {"source": params["tokenizer_source"]}
+    return config
 
 
 def run_merge(config: dict, out_dir: str, seed: int, copy_tokenizer_from: str | None = None,
@@ -85,8 +91,8 @@ def run_merge(config: dict, out_dir: str, seed: int, copy_tokenizer_from: str | 
     Writes `out_dir/merge_config.yaml` (the exact config, for provenance) and
     `out_dir/merge_provenance.json` (seed, mergekit version). Offline: every model in `config`
     must be a local directory (or already in the HF cache). Experts whose vocabularies differ only
-    by appended tokens (fusionroute.vocab's policy, checked by the caller) are merged over the
-    shared prefix: mergekit keeps the common token-id prefix of vocabulary tensors.
+    by appended tokens (fusionroute.vocab's policy, checked by the caller) need
+    `tokenizer_source: base` in the config (merge_config's param).
     """
     import mergekit
     from mergekit.config import MergeConfiguration

@@ -70,6 +70,7 @@ __all__ = [
     "greedy_generate",
     "reference_greedy_generate",
     "check_shared_vocab",
+    "combine_scores",
 ]
 
 
@@ -129,7 +130,7 @@ def _log_probs(logits: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
 
 
-def _combine(router_logits: torch.Tensor | None, expert_logits: torch.Tensor) -> torch.Tensor:
+def combine_scores(router_logits: torch.Tensor | None, expert_logits: torch.Tensor) -> torch.Tensor:
     """The Eq. 1 score of each candidate token (routing-only when router_logits is None)."""
     score = _log_probs(expert_logits)
     if router_logits is not None:
@@ -437,7 +438,7 @@ def fused_generate(
                 e_logits[part_rows] = logits.to(device=r_dev, dtype=e_logits.dtype)
                 for k in part_rows:
                     outputs[live[k]].forwards += 1
-        score = _combine(r_logits if use_complementary else None, e_logits)
+        score = combine_scores(r_logits if use_complementary else None, e_logits)
         next_tokens = score.argmax(dim=-1).tolist()
         keep = []
         for k in range(n):
@@ -499,7 +500,7 @@ def naive_fused_generate(
         selected = w.argmax(dim=-1)
         stacked = torch.stack([lg.to(device=r_dev, dtype=r_logits.dtype) for lg in all_logits], dim=1)
         e_logits = stacked[torch.arange(n, device=r_dev), selected.to(r_dev)]
-        score = _combine(r_logits if use_complementary else None, e_logits)
+        score = combine_scores(r_logits if use_complementary else None, e_logits)
         next_tokens = score.argmax(dim=-1).tolist()
         selected = selected.tolist()
         keep = []
@@ -557,7 +558,7 @@ def reference_fused_generate(
             e_logits = _last_logits_no_cache(expert, seq, _model_device(expert)).logits[0, -1]
             r_logits = _shared(r_logits, vocab, "the router")
             e_logits = _shared(e_logits, vocab, f"expert {e}")
-            score = _combine(r_logits if use_complementary else None, e_logits.to(router.device))
+            score = combine_scores(r_logits if use_complementary else None, e_logits.to(router.device))
             tok = int(score.argmax())
             out.token_ids.append(tok)
             out.expert_ids.append(e)

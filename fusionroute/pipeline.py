@@ -430,12 +430,15 @@ def merge(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
 
     models = params["models"]
     sources = {"base": models["base"], **{f"expert {i}": e for i, e in enumerate(models["experts"])}}
-    # the policy check before mergekit, which truncates vocabulary tensors to their common prefix
-    vocab = shared_vocabulary(load_tokenizer(models["tokenizer"]),
-                              {name: load_tokenizer(src) for name, src in sources.items()}, {})
+    # the policy check before mergekit; experts with appended tokens are aligned to the base's
+    # tokenizer by mergekit (with identical vocabularies there is nothing to align)
+    tokenizers = {name: load_tokenizer(src) for name, src in sources.items()}
+    vocab = shared_vocabulary(load_tokenizer(models["tokenizer"]), tokenizers, {})
     print(vocab.describe())
     mergekit_method = {"dare": "dare_linear", "task_arithmetic": "task_arithmetic"}[params["merge"]]
     spec = {"lambda": params["settings"].get("weight", 1.0), "dtype": params.get("dtype", "float32")}
+    if len({len(t) for t in tokenizers.values()}) > 1:
+        spec["tokenizer_source"] = "base"
     if "density" in params["settings"]:
         spec["density"] = params["settings"]["density"]
     config = merge_config(mergekit_method, models["base"], models["experts"], spec)

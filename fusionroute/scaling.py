@@ -127,8 +127,19 @@ def prepare_for_training(model: nn.Module, options: dict | ScalingOptions | None
         model.lm = _prepare_lm(model.lm, opts)
         for p in model.routing_head.parameters():
             p.requires_grad_(True)
-        return model
-    return _prepare_lm(model, opts)
+    else:
+        model = _prepare_lm(model, opts)
+    print(describe_training(model, opts), flush=True)
+    return model
+
+
+def describe_training(model: nn.Module, options: ScalingOptions) -> str:
+    """One line for the step's log: what is trained, and how much of the model that is."""
+    total = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    how = f"LoRA r={options.lora['r']} adapters" if options.lora is not None else "full fine-tuning"
+    extra = ", gradient checkpointing" if options.gradient_checkpointing else ""
+    return f"[training] {how}{extra}: {trained:,} of {total:,} parameters trainable ({100 * trained / total:.2f}%)"
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from chat_server import ChatServer
 from fusionroute.eval import judge as J
 from fusionroute.io import read_json, read_jsonl
 
@@ -34,87 +35,13 @@ PAPER_SENTENCES = [
 # A real local chat-completions server
 # ------------------------------------------------------------------------------------------------
 
-_Q = re.compile(r"\[Question\]\n(.*?)\n\n\[The Start of Assistant 1's Answer\]\n(.*?)\n\n"
-                r"\[The End of Assistant 1's Answer\]", re.S)
-
-
-class ChatServer:
-    """`script(question, order, call_index) -> action`; action is ("ok", text), ("status", code),
-    or ("sleep", seconds, text). Order is "ab" if Assistant 1's answer starts with "A:"."""
-
-    def __init__(self, script):
-        self.script = script
-        self.requests: list[dict] = []
-        self.calls: dict[tuple[str, str], int] = {}
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][-1]["content"]
-                m = _Q.search(prompt)
-                question, first = m.group(1), m.group(2)
-                order = "ab" if first.startswith("A:") else "ba"
-                with outer.lock:
-                    k = outer.calls.get((question, order), 0)
-                    outer.calls[(question, order)] = k + 1
-                    outer.requests.append({"path": self.path, "body": body,
-                                           "auth": self.headers.get("Authorization"),
-                                           "question": question, "order": order})
-                action = outer.script(question, order, k)
-                try:
-                    if action[0] == "status":
-                        self._send(action[1], {"error": {"message": "boom", "type": "server"}})
-                        return
-                    if action[0] == "sleep":
-                        time.sleep(action[1])
-                    text = action[-1]
-                    self._send(200, {
-                        "id": "chatcmpl-test", "object": "chat.completion", "created": 0,
-                        "model": body["model"],
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": text}}],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-
-            def _send(self, code, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def count(self, question, order=None):
-        return sum(1 for r in self.requests
-                   if r["question"] == question and (order is None or r["order"] == order))
-
-
 def item(name, **extra):
     return {"id": name, "question": f"Q-{name}?", "answer_a": f"A: answer {name} {{a}}",
             "answer_b": f"B: answer {name}", **extra}
 
 
 # Per question: what the judge says. Scores are (Assistant 1, Assistant 2).
-def default_script(question, order, k):
+def default_script(question, order, k, answers=None):
     name = question[2:-1]
     if name == "win":      # A better in both orders
         return ("ok", "8 6\nA is better." if order == "ab" else "5 7.5\nA is better.")
@@ -281,7 +208,7 @@ def test_judge_pairs_http_end_to_end(env, tmp_path):
 
 
 def test_http_retries_are_bounded_and_4xx_not_retried(env):
-    with ChatServer(lambda q, o, k: ("status", 500 if q == "Q-a?" else 400)) as server:
+    with ChatServer(lambda q, o, k, answers=None: ("status", 500 if q == "Q-a?" else 400)) as server:
         judge = make_judge(server, http_retries=1)
         with pytest.raises(J.JudgeHTTPError):
             J.judge_item(judge, item("a"))
@@ -293,7 +220,7 @@ def test_http_retries_are_bounded_and_4xx_not_retried(env):
 
 
 def test_timeouts_are_bounded(env):
-    with ChatServer(lambda q, o, k: ("sleep", 1.0, "8 6")) as server:
+    with ChatServer(lambda q, o, k, answers=None: ("sleep", 1.0, "8 6")) as server:
         judge = make_judge(server, timeout_s=0.3, http_retries=1)
         t0 = time.monotonic()
         with pytest.raises(J.JudgeHTTPError):
@@ -305,7 +232,7 @@ def test_timeouts_are_bounded(env):
 def test_resume_after_failure_and_cache_invalidation(env, tmp_path):
     broken = {"c"}
 
-    def script(q, o, k):
+    def script(q, o, k, answers=None):
         name = q[2:-1]
         if name in broken:
             return ("status", 503)
@@ -471,7 +398,7 @@ def test_resume_after_sigkill(env, tmp_path):
 
     release = threading.Event()
 
-    def script(q, o, k):
+    def script(q, o, k, answers=None):
         if q == "Q-c?" and not release.is_set():
             release.wait(20)
             return ("ok", "x")
