@@ -1,9 +1,10 @@
-"""Run the workflow step named like the rule (fusionroute.pipeline), logging to the rule's log."""
-import contextlib
+"""Run the workflow step named like the rule (fusionroute.pipeline), logging to the rule's log.
+
+On one machine the job goes to a warm step server that has torch and transformers imported
+already (fusionroute/warm.py); under SLURM, or with FUSIONROUTE_WARM=0, it runs in this process."""
 import sys
 
-from fusionroute.devices import claim_gpus
-from fusionroute.pipeline import run_step
+from fusionroute import warm
 
 
 def _plain(value):
@@ -16,22 +17,19 @@ def _plain(value):
 
 
 smk = snakemake  # noqa: F821  (injected by Snakemake's script directive)
-inputs = {k: _plain(v) for k, v in smk.input.items()}
-outputs = {k: _plain(v) for k, v in smk.output.items()}
 params = {k: _plain(v) for k, v in smk.params.items()}
 # Settings computed by functions (Snakemake would read braces in plain strings as wildcards).
 for merged in ("common", "cell"):
     params.update(params.pop(merged, {}))
-name = params.pop("step", smk.rule)
-with open(smk.log[0], "w") as log, contextlib.redirect_stderr(log), contextlib.redirect_stdout(log):
-    try:
-        # a local GPU job claims its own device(s) before anything initialises CUDA
-        gpus = claim_gpus(int(smk.resources.get("gpu", 0) or 0))
-        if gpus:
-            print(f"[step] running on GPU(s) {','.join(gpus)}", flush=True)
-        run_step(name, inputs, outputs, params, smk.threads)
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        raise
+job = {
+    "step": params.pop("step", smk.rule),
+    "inputs": {k: _plain(v) for k, v in smk.input.items()},
+    "outputs": {k: _plain(v) for k, v in smk.output.items()},
+    "params": params,
+    "threads": smk.threads,
+    "gpu": int(smk.resources.get("gpu", 0) or 0),
+    "log": smk.log[0],
+}
+status = warm.submit(job) if warm.enabled() else warm.run_job(job)
+if status != 0:
+    sys.exit(f"step {job['step']} failed (exit status {status}); see {job['log']}")
