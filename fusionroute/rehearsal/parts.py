@@ -18,9 +18,9 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from transformers import logging as hf_logging
 
 from fusionroute.data import render_prompt
-from fusionroute.rehearsal import checkpoints as ck
-from fusionroute.rehearsal import hub_datasets as hd
-from fusionroute.rehearsal import tokenizer_files as tf
+import fusionroute.rehearsal.checkpoints as ck
+import fusionroute.rehearsal.hub_datasets as hd
+import fusionroute.rehearsal.tokenizer_files as tf
 from fusionroute.rehearsal.settings import (
     ALPACA,
     GEMMA_EXPERTS,
