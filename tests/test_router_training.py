@@ -12,7 +12,9 @@ from fusionroute.trainers import (
     RoutingConfig,
     mix_train,
     preference_reference,
+    reference_batches,
     router_sft_loss,
+    stored_reference,
     train_router_sft,
 )
 from fusionroute.training import OptimConfig
@@ -160,3 +162,79 @@ def test_mix_training_updates_the_routing_head_from_sft_samples(tokenizer, exper
     with pytest.raises(ValueError, match="expert features"):
         mix_train(router, samples, None, pairs, frozen, OptimConfig(steps=1, batch_size=2, lr=1e-3),
                   MixConfig(), tokenizer.pad_token_id, "mix")
+
+
+def test_reference_pass_batches_and_token_budget_give_the_same_terms(tokenizer, experts):
+    pairs = _pairs(tokenizer, 7)
+    chosen = compute_expert_features(experts, [p.chosen for p in pairs], tokenizer.pad_token_id)
+    rejected = compute_expert_features(experts, [p.rejected for p in pairs], tokenizer.pad_token_id)
+    feats = [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected)]
+    router = RouterModel.from_lm(make_llama(tokenizer, 0), ["a", "b", "c"], seed=0)
+    whole = preference_reference(router, pairs, tokenizer.pad_token_id, 0.1, feats, batch_size=16)
+    width = max(len(p.chosen.input_ids) for p in pairs)
+    budget = 4 * width  # two pairs (four rows) per forward
+    assert all(len(b) <= 2 for b in reference_batches(pairs, range(7), 16, budget))
+    cut = preference_reference(router, pairs, tokenizer.pad_token_id, 0.1, feats, batch_size=16, max_tokens=budget)
+    part = preference_reference(router, pairs, tokenizer.pad_token_id, 0.1, feats, batch_size=2, indices=[5, 1, 3])
+    for k in whole:
+        assert torch.allclose(cut[k], whole[k], atol=1e-5), k
+        assert torch.allclose(part[k], whole[k][[5, 1, 3]], atol=1e-5), k
+
+
+def test_stored_reference_equals_a_live_pass_and_is_reused_until_its_inputs_change(tokenizer, experts, tmp_path, capsys):
+    pairs = _pairs(tokenizer, 5)
+    chosen = compute_expert_features(experts, [p.chosen for p in pairs], tokenizer.pad_token_id)
+    rejected = compute_expert_features(experts, [p.rejected for p in pairs], tokenizer.pad_token_id)
+    feats = [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected)]
+    loads = []
+
+    def load():
+        loads.append(1)
+        return RouterModel.from_lm(make_llama(tokenizer, 0), ["a", "b", "c"], seed=0)
+
+    live = preference_reference(load(), pairs, tokenizer.pad_token_id, 0.1, feats)
+    loads.clear()
+    path = tmp_path / "router.ref_logprobs.pt"
+    fingerprint = {"init": "sft-checkpoint-v1", "dtype": "float32"}
+    first = stored_reference(path, load, pairs, tokenizer.pad_token_id, 0.1, feats, fingerprint)
+    assert len(loads) == 1 and path.exists()
+    for k in live:
+        assert torch.equal(first[k], live[k]), k  # the very numbers of a live reference pass
+    capsys.readouterr()
+
+    # a resumed / re-run job: same inputs, nothing loaded, the same numbers
+    again = stored_reference(path, load, pairs, tokenizer.pad_token_id, 0.1, feats, fingerprint)
+    assert len(loads) == 1 and all(torch.equal(again[k], first[k]) for k in first)
+    assert "reusing" in capsys.readouterr().out
+
+    # any input changed: recomputed, and the log says what changed
+    changes = [
+        (dict(beta=0.2), "beta and pad id"),
+        (dict(reference={"init": "sft-checkpoint-v2", "dtype": "float32"}), "reference model"),
+        (dict(pairs=pairs[:4], pair_features=feats[:4]), "pairs"),
+    ]
+    for change, what in changes:
+        args = {**dict(pairs=pairs, beta=0.1, pair_features=feats, reference=fingerprint), **change}
+        out = stored_reference(path, load, args["pairs"], tokenizer.pad_token_id, args["beta"], args["pair_features"],
+                               args["reference"])
+        log = capsys.readouterr().out
+        assert "recomputing" in log and what in log, log
+        assert len(out["bias"]) == len(args["pairs"])
+    assert len(loads) == 1 + len(changes)
+    shifted = [{"chosen": {k: v + 0.5 if k == "gold" else v for k, v in f["chosen"].items()},
+                "rejected": f["rejected"]} for f in feats]
+    stored_reference(path, load, pairs, tokenizer.pad_token_id, 0.1, feats, fingerprint)  # back to the original
+    capsys.readouterr()
+    stored_reference(path, load, pairs, tokenizer.pad_token_id, 0.1, shifted, fingerprint)
+    assert "(changed: expert features)" in capsys.readouterr().out
+
+
+def test_model_fingerprint_sees_retrained_weights(tokenizer, tmp_path):
+    from fusionroute.trainers import model_fingerprint
+
+    make_llama(tokenizer, 0).save_pretrained(tmp_path / "m")
+    before = model_fingerprint(tmp_path / "m")
+    assert model_fingerprint(tmp_path / "m") == before and "model.safetensors" in before["files"]
+    make_llama(tokenizer, 1).save_pretrained(tmp_path / "m")
+    assert model_fingerprint(tmp_path / "m") != before
+    assert model_fingerprint("some-org/some-model") == {"source": "some-org/some-model"}
