@@ -24,6 +24,7 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/hub.smk"
 include: "workflow/rules/judge.smk"
 include: "workflow/rules/theory.smk"
+include: "workflow/rules/plan.smk"
 
 
 rule all:
