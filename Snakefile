@@ -25,6 +25,7 @@ include: "workflow/rules/hub.smk"
 include: "workflow/rules/judge.smk"
 include: "workflow/rules/theory.smk"
 include: "workflow/rules/plan.smk"
+include: "workflow/rules/claims.smk"
 
 
 rule all:

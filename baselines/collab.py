@@ -1,20 +1,34 @@
-"""Collab (Chakraborty et al. 2025): token-level collaboration scored by a reward model.
+"""Collab (Chakraborty et al., ICLR 2025, arXiv 2503.21720): token-level agent switching by an implicit Q-function.
+
+The paper's rule (Sec. 3.4 and Algorithm 1): at state s_t each agent j proposes its top-p tokens
+(p = 10 in Sec. 5, a count of tokens despite the name); each candidate z is scored by
+    J_j(s_t, z) = Q_j(s_t, z) - alpha * KL(pi_j(.|s_t) || pi_ref(.|s_t)),
+where Q_j(s_t, z) = E_{tau ~ pi_j(.|s_t, z)} r_target([s_t, z, tau]) is the target reward of the
+candidate continued by the agent that proposed it; the emitted token is argmax_z max_j J_j
+(alpha = 1 in Sec. 5). The KL term depends on the agent, not on z: a per-agent offset.
 
 At every step, for every unfinished row:
 1. each expert proposes its top-K next tokens (one forward per expert on the row's prefix);
 2. each candidate token that is not EOS is extended by a greedy lookahead of L tokens with the
    expert that proposed it (all candidates of one expert, across rows, in one batched call);
-3. the reward model scores the text prompt + (emitted + candidate + lookahead) of each candidate;
-4. the emitted token is the candidate maximising  reward + weight * log pi_e(candidate | prefix)
-   under its proposing expert e (first in expert, then rank, order on ties).
+3. the reward model scores the text prompt + (emitted + candidate + lookahead) of each candidate:
+   our estimate of Q_j, one greedy continuation truncated at L tokens (the paper's tau runs to the
+   end of the response, its sampling and number of samples are not stated);
+4. the emitted token is the candidate maximising
+       reward - alpha * KL(pi_e(.|prefix) || pi_ref(.|prefix)) + weight * log pi_e(candidate | prefix)
+   under its proposing expert e (first in expert, then rank, order on ties). The KL term needs a
+   reference policy (`reference`, the paper does not name its pi_ref; one more forward per step),
+   without one it is 0. `weight` is not in the paper (0 by default): the log-prob term reads the
+   closed form of Eq. 2 with pi_ref := the proposing expert, as an earlier version of this file did.
 Generation stops at EOS (when an EOS candidate wins) or after `max_new_tokens`. The lookahead is
 always L tokens (or up to EOS), also near the end of the budget. A token proposed by several
 experts is several candidates, each with its own lookahead and log-prob.
 
 Forward accounting (per row and emitted token, `extra["forwards_per_token"]`, summed into
-`Completion.forwards`): n_experts proposal forwards + the lookahead decode steps of every candidate
-(an L-token lookahead costs L forwards, fewer when it hits EOS; an EOS candidate none) + one
-reward-model forward per candidate. With no EOS around that is n_e + n_e*K*L + n_e*K per token.
+`Completion.forwards`): n_experts proposal forwards (+ 1 reference forward with the KL term) + the
+lookahead decode steps of every candidate (an L-token lookahead costs L forwards, fewer when it hits
+EOS; an EOS candidate none) + one reward-model forward per candidate. With no EOS around and no
+reference that is n_e + n_e*K*L + n_e*K per token.
 A forward is one model call on one sequence, however the calls are batched and however many new
 tokens it processes (with the KV caches below a proposal forward reads one new token, the first
 one of a row reads its prompt). The step at which EOS wins is counted too, so
@@ -41,7 +55,8 @@ The reward model still reads each candidate's whole text at every step (it works
 own tokenizer, see baselines/reward.py): that is now Collab's remaining per-step cost that grows
 with the prefix.
 
-The paper's Collab code is not public; this is our reading (README, "Method notes").
+The paper's Collab code is not public; where the paper is silent this is our reading (README,
+"Method notes": pi_ref, the rollout's length, sampling and count, EOS candidates, ties).
 """
 from __future__ import annotations
 
@@ -60,9 +75,10 @@ from fusionroute.vocab import SharedVocabulary, stop_set
 
 @dataclass
 class CollabParams:
-    top_k: int = 5  # candidate tokens proposed by each expert per step
+    top_k: int = 10  # candidate tokens proposed by each expert per step (paper Sec. 5: p = 10)
     lookahead: int = 10  # greedy tokens appended to each candidate before the reward model scores it
-    weight: float = 1.0  # weight of the proposing expert's log-prob of the candidate vs the reward
+    weight: float = 0.0  # weight of the proposing expert's log-prob of the candidate (not in the paper: 0)
+    alpha: float = 1.0  # weight of KL(pi_e || pi_ref) (paper Sec. 5: alpha = 1); needs a reference policy
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.lookahead < 0:
@@ -104,6 +120,7 @@ class _Candidate:
     logprob: float
     lookahead: list[int]
     lookahead_forwards: int = 0
+    kl: float = 0.0  # KL(pi_expert(.|prefix) || pi_ref(.|prefix)): the same for all of an expert's candidates
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,10 +259,12 @@ class Collab:
     """Generator for the Collab baseline (see module docstring)."""
 
     def __init__(self, experts: Sequence[PreTrainedModel], tokenizer: PreTrainedTokenizerBase, scorer: RewardScorer,
-                 params: CollabParams, prompt_template: str | None = None, vocab: SharedVocabulary | None = None):
+                 params: CollabParams, prompt_template: str | None = None, vocab: SharedVocabulary | None = None,
+                 reference: PreTrainedModel | None = None):
         if not experts:
             raise ValueError("Collab needs at least one expert")
         self.experts = list(experts)
+        self.reference = reference  # pi_ref of the KL term (same vocabulary); None: no KL term
         self.vocab = vocab
         self.tokenizer = tokenizer
         self.scorer = scorer
@@ -267,7 +286,7 @@ class Collab:
                 trace: list | None) -> list[Completion]:
         """The Collab loop, whichever engine computes the experts' proposals and lookaheads. `trace`
         gets, per step, a list of dicts (one per candidate, in scoring order): row (prompt index),
-        expert, token, logprob, lookahead, lookahead_forwards, reward, chosen."""
+        expert, token, logprob, lookahead, lookahead_forwards, kl, reward, chosen."""
         tok, p = self.tokenizer, self.params
         stops, pad, size = stop_ids(self.vocab, tok), tok.pad_token_id, vocab_size(self.vocab)
         prompt_ids = encode_prompts(tok, prompts)
@@ -278,22 +297,30 @@ class Collab:
         forwards_per_token: list[list[int]] = [[] for _ in range(n)]
         done = [False] * n
         engine: Any = None
+        n_e = len(self.experts)
+        # the reference policy rides along as one more cached model that proposes nothing
+        with_ref = self.reference is not None and p.alpha != 0
         if n and max_new_tokens > 0:
-            engine = engine_class(self.experts, prompt_ids, max_new_tokens, p.lookahead, stops, pad, size)
+            models = self.experts + ([self.reference] if with_ref else [])
+            engine = engine_class(models, prompt_ids, max_new_tokens, p.lookahead, stops, pad, size)
         for _ in range(max_new_tokens):
             active = [i for i in range(n) if not done[i]]
             if not active:
                 break
             engine.begin_step(active, emitted)
             candidates: list[_Candidate] = []
-            for e in range(len(self.experts)):
-                logprobs = engine.propose(e)
+            proposals = [engine.propose(e) for e in range(n_e)]
+            ref_logprobs = engine.propose(n_e) if with_ref else None
+            for e, logprobs in enumerate(proposals):
+                kl = [0.0] * len(active)
+                if ref_logprobs is not None:
+                    kl = (logprobs.exp() * (logprobs - ref_logprobs)).sum(dim=-1).clamp(min=0.0).tolist()
                 top = logprobs.topk(min(p.top_k, logprobs.shape[-1]), dim=-1)
                 for r in range(len(active)):
                     for value, token in zip(top.values[r].tolist(), top.indices[r].tolist()):
-                        candidates.append(_Candidate(r, e, int(token), float(value), []))
+                        candidates.append(_Candidate(r, e, int(token), float(value), [], kl=float(kl[r])))
             if p.lookahead > 0:
-                for e in range(len(self.experts)):
+                for e in range(n_e):
                     mine = [c for c in candidates if c.expert == e and c.token not in stops]
                     if not mine:
                         continue
@@ -311,9 +338,10 @@ class Collab:
             keep, kept_tokens, winners = [], [], set()
             for r, i in enumerate(active):
                 ks = by_row[r]
-                best = max(ks, key=lambda k: (rewards[k] + p.weight * candidates[k].logprob, -k))
+                best = max(ks, key=lambda k: (rewards[k] - p.alpha * candidates[k].kl
+                                              + p.weight * candidates[k].logprob, -k))
                 winners.add(best)
-                cost = len(self.experts) + sum(candidates[k].lookahead_forwards for k in ks) + len(ks)
+                cost = n_e + int(with_ref) + sum(candidates[k].lookahead_forwards for k in ks) + len(ks)
                 forwards_per_token[i].append(cost)
                 win = candidates[best]
                 if win.token in stops:
@@ -327,7 +355,7 @@ class Collab:
                 trace.append([
                     {"row": active[c.row], "expert": c.expert, "token": c.token, "logprob": c.logprob,
                      "lookahead": list(c.lookahead), "lookahead_forwards": c.lookahead_forwards,
-                     "reward": rewards[k], "chosen": k in winners}
+                     "kl": c.kl, "reward": rewards[k], "chosen": k in winners}
                     for k, c in enumerate(candidates)
                 ])
             engine.end_step(keep, kept_tokens)

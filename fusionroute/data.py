@@ -22,6 +22,28 @@ def render_prompt(template: str, instruction: str) -> str:
     return template.replace("{instruction}", instruction)
 
 
+def fit_instruction(tokenizer, template: str, instruction: str, max_prompt_tokens: int) -> tuple[str, bool]:
+    """The instruction, shortened so that its rendered prompt (BOS + template) has at most
+    `max_prompt_tokens` tokens: the middle is cut (the head states the task, the tail often holds the
+    question), marked by " [...] ". Returns (instruction, whether it was cut)."""
+    def length(text: str) -> int:
+        bos = 1 if tokenizer.bos_token_id is not None else 0
+        return bos + len(tokenizer(render_prompt(template, text), add_special_tokens=False)["input_ids"])
+
+    if length(instruction) <= max_prompt_tokens:
+        return instruction, False
+    ids = tokenizer(instruction, add_special_tokens=False)["input_ids"]
+    budget = max_prompt_tokens - (length("") + 8)  # 8: room for the marker and re-tokenisation at the seams
+    while budget > 0:
+        head, tail = ids[: budget - budget // 2], ids[len(ids) - budget // 2 :] if budget // 2 else []
+        text = tokenizer.decode(head) + " [...] " + tokenizer.decode(tail)
+        if length(text) <= max_prompt_tokens:
+            return text, True
+        budget -= 8
+    raise ValueError(f"generation.max_prompt_tokens = {max_prompt_tokens} leaves no room for an instruction: "
+                     f"the prompt template alone is {length('')} tokens")
+
+
 @dataclass
 class Encoded:
     """One prompt+response sequence; `labels` is IGNORE on prompt tokens."""

@@ -51,6 +51,7 @@ Conventions:
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -154,9 +155,18 @@ class _RowLayer(DynamicLayer):
 
     def __init__(self, owner: "_RowCache"):
         super().__init__()
-        self.owner = owner
+        # a weak reference: a strong one makes cache and layers a cycle, so a dropped cache's
+        # storage (GBs at paper scale) would wait for the cycle collector instead of being freed
+        self._owner = weakref.ref(owner)
         self.k_store: torch.Tensor | None = None
         self.v_store: torch.Tensor | None = None
+
+    @property
+    def owner(self) -> "_RowCache":
+        owner = self._owner()
+        if owner is None:
+            raise RuntimeError("a KV-cache layer was used after its cache was dropped")
+        return owner
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device

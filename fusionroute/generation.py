@@ -69,9 +69,14 @@ def build_generator(ctx: MethodContext) -> Generator:
 
 
 def _import_builtin_methods() -> None:
-    # Importing registers the builders; kept lazy so light tools never import torch models.
-    import fusionroute.methods  # noqa: F401
-    import baselines.methods  # noqa: F401
+    """Import the modules the method catalogue names for its kinds: importing registers their
+    builders (by name, not by import statement: the builders import this module)."""
+    import importlib
+
+    from fusionroute.catalog import load_catalog
+
+    for module in sorted(set(load_catalog()["kinds"].values())):
+        importlib.import_module(module)
 
 
 def run_generation(
@@ -82,13 +87,17 @@ def run_generation(
     max_new_tokens: int,
     settings: dict[str, Any],
     desc: str = "generate",
+    resume_key: dict[str, Any] | None = None,
 ) -> list[dict]:
     """Generate a completion per sample ({"id", "prompt"}) into `out_path` (generations.jsonl).
 
     Finished samples are appended to a partial file as they complete; a rerun after a crash with
-    the same `settings` skips them. Prompts are batched by length to limit padding.
+    the same `resume_key` (default: `settings`) skips them, any other starts over. The workflow's
+    key holds the settings and a fingerprint of every model's files, so samples decoded by a
+    router that was retrained since are never mixed with the new one's. Prompts are batched by
+    length to limit padding.
     """
-    sink = ResumableJsonl(out_path, settings_hash(settings))
+    sink = ResumableJsonl(out_path, settings_hash(resume_key if resume_key is not None else settings))
     ids = [str(s["id"]) for s in samples]
     pending = set(sink.pending(ids))
     todo = sorted((s for s in samples if str(s["id"]) in pending), key=lambda s: len(s["prompt"]))

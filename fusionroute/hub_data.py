@@ -314,7 +314,7 @@ def general_from_holdout(holdout: list[dict], n: int | None) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 # Workflow step (rule `hub_data` in workflow/rules/hub.smk)
 # ----------------------------------------------------------------------------------------------
-from fusionroute.pipeline import step  # noqa: E402  (registered when fusionroute.judging is imported)
+from fusionroute.steps import step  # noqa: E402
 
 
 @step

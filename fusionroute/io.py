@@ -84,6 +84,11 @@ class ResumableJsonl:
             rows = list(iter_jsonl(self.partial))
             if rows and rows[0] == self.header:
                 self.done = {str(row["id"]): row for row in rows[1:]}
+                print(f"[resume] {self.partial}: {len(self.done)} finished sample(s) kept", flush=True)
+            elif rows:
+                # made by other settings, inputs or models: never mix its rows with this run's
+                print(f"[resume] {self.partial} was written by a run with other settings or models "
+                      f"({rows[0].get('_settings_hash')} != {settings_hash}): starting over", flush=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Rewrite the partial file so a torn trailing line from the crash is dropped.
         with open(self.partial, "w", encoding="utf-8") as handle:

@@ -1,4 +1,4 @@
-"""Workflow steps for the pairwise judge and Figures 3 and 4 (registered into fusionroute.pipeline).
+"""Workflow steps for the pairwise judge and Figures 3 and 4 (registered in fusionroute.steps).
 
 - `general_prompts`: the judge's "general" prompt set, results/<world>/data/general.jsonl, records
   {"id", "instruction", "reference"}: tiny world = held-out items of the five synthetic benchmarks
@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import fusionroute.hub_data  # noqa: F401  (registers the `hub_data` step)
 from fusionroute.io import read_jsonl, write_jsonl
-from fusionroute.pipeline import step
+from fusionroute.steps import step
 
 # Keys of the config's judge.openai block that OpenAIJudge accepts (the rest are workflow settings).
 OPENAI_KEYS = ("model", "base_url", "model_env", "base_url_env", "api_key_env", "temperature", "max_tokens",

@@ -6,46 +6,16 @@ run a step without Snakemake. Heavy imports stay inside the steps.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import random
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fusionroute.io import read_jsonl, write_json, write_jsonl
+from fusionroute.steps import STEPS, run_step, step
 
-Step = Callable[[dict[str, Any], dict[str, Any], dict[str, Any], int], None]
-STEPS: dict[str, Step] = {}
-
-
-def step(fn: Step) -> Step:
-    STEPS[fn.__name__] = fn
-    return fn
-
-
-def run_step(name: str, inputs: dict, outputs: dict, params: dict, threads: int = 1) -> None:
-    import fusionroute.judging  # noqa: F401  (registers the judge and figure steps)
-
-    if name not in STEPS:
-        raise KeyError(f"no workflow step named {name!r}; known: {sorted(STEPS)}")
-    if params.get("scaling"):
-        from fusionroute.scaling import maybe_relaunch
-
-        if maybe_relaunch(name, inputs, outputs, params, threads):
-            return
-    _limit_threads(threads)
-    STEPS[name](inputs, outputs, params, threads)
-
-
-def _limit_threads(threads: int) -> None:
-    """Honour the scheduler's core allowance without importing torch in light (scoring) steps:
-    the environment variables bind a torch imported later, set_num_threads one already loaded."""
-    import os
-    import sys
-
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(max(1, threads))
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(max(1, threads))
+__all__ = ["STEPS", "run_step", "step"]  # the registry, re-exported for callers of the old home
 
 
 def _seed_everything(seed: int) -> None:
@@ -72,6 +42,8 @@ def tiny_data(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     for domain in ("math", "code", "instruct"):
         write_jsonl(outputs[f"sft_{domain}"], tasks.make_sft(domain, sizes["expert_sft"], seed + 1, level=level))
     write_jsonl(outputs["sft_mix"], tasks.make_sft_mix(sizes["sft_mix"], seed + 2, level=level))
+    # the generalist instruct model's SFT data: the same balanced mix of every domain, drawn apart
+    write_jsonl(outputs["sft_generalist"], tasks.make_sft_mix(sizes["generalist_sft"], seed + 4, level=level))
     write_jsonl(outputs["preferences"], tasks.make_preferences(sizes["preferences"], seed + 3, level=level))
 
 
@@ -330,11 +302,36 @@ def benchmark_data(inputs: dict, outputs: dict, params: dict, threads: int) -> N
     write_jsonl(outputs["data"], records)
 
 
+def _model_files(models: dict[str, Any]) -> dict[str, Any]:
+    """Fingerprints of the files behind every model location (a hub id: the id itself)."""
+    from fusionroute.trainers import model_fingerprint
+
+    return {key: [model_fingerprint(v) for v in value] if isinstance(value, list) else model_fingerprint(value)
+            for key, value in sorted(models.items())}
+
+
+def _fit_instructions(tokenizer_source: str, template: str, instructions: list[str], limit: int) -> list[str]:
+    """Cut over-long prompts (generation.max_prompt_tokens) so one long prompt cannot run a decoding
+    batch out of memory; says how many were cut."""
+    from transformers import AutoTokenizer
+
+    from fusionroute.data import fit_instruction
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    fitted = [fit_instruction(tokenizer, template, text, limit) for text in instructions]
+    cut = sum(was_cut for _, was_cut in fitted)
+    if cut:
+        print(f"[generate] {cut} of {len(instructions)} prompt(s) over generation.max_prompt_tokens = {limit} tokens: "
+              f"the middle of their instruction is cut (marked ' [...] ')", flush=True)
+    return [text for text, _ in fitted]
+
+
 @step
 def generate(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     from fusionroute.data import render_prompt
     from fusionroute.eval.benchmarks import instruction_for
     from fusionroute.generation import MethodContext, build_generator, run_generation
+    from fusionroute.provenance import code_version, imported_package_files
 
     _seed_everything(params["seed"])
     records = read_jsonl(inputs["data"])
@@ -344,24 +341,43 @@ def generate(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
         # "general" is the judge's open-ended prompt set (Figures 3 and 4): records carry the instruction.
         return record["instruction"] if params["benchmark"] == "general" else instruction_for(params["benchmark"], record)
 
-    samples = [{"id": r["id"], "prompt": render_prompt(params["prompt_template"], instruction(r))} for r in records]
     models = dict(params["models"])
     tokenizer = models.pop("tokenizer")
+    instructions = [instruction(r) for r in records]
+    if params.get("max_prompt_tokens"):
+        instructions = _fit_instructions(tokenizer, params["prompt_template"], instructions,
+                                         int(params["max_prompt_tokens"]))
+    samples = [{"id": r["id"], "prompt": render_prompt(params["prompt_template"], text)}
+               for r, text in zip(records, instructions)]
     ctx = MethodContext(kind=params["kind"], inputs=models, params=params.get("method_params", {}),
                         tokenizer=tokenizer, dtype=params.get("dtype", "float32"),
                         device=params.get("device", "cpu"), prompt_template=params["prompt_template"])
+    if params.get("module"):  # a kind the config registers (method_kinds)
+        importlib.import_module(params["module"])
     generator = build_generator(ctx)
     settings = {k: params[k] for k in sorted(params)}
+    # the package code the generator runs (its modules are imported by now): part of the resume key,
+    # and recorded so that tables can mark cells whose code changed since (fusionroute.provenance)
+    code = code_version()
     run_generation(generator, samples, outputs["generations"], params["batch_size"], params["max_new_tokens"],
-                   settings, desc=f"{params['method']}/{params['benchmark']}")
-    write_json(outputs["settings"], settings)
+                   settings, desc=f"{params['method']}/{params['benchmark']}",
+                   resume_key={**settings, "model_files": _model_files(params["models"]), "code": code["code_hash"]})
+    write_json(outputs["settings"], {**settings, "code": code_version(sorted(set(code["files"]) | set(imported_package_files())))})
 
 
 @step
 def score(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
-    from fusionroute.eval.scoring import score_benchmark
+    """Score one cell, strictly: a torn, empty or incomplete generations file stops the step
+    (fusionroute.eval.scoring.ScoringInputError) instead of being scored as if complete."""
+    from fusionroute.eval.scoring import score_files
+    from fusionroute.io import read_json
 
-    result = score_benchmark(params["benchmark"], read_jsonl(inputs["generations"]), read_jsonl(inputs["data"]))
+    # The generate step decodes only the first `limit` records when asked (Collab's subset); its
+    # settings.json, written next to the generations by the same job, says so. Expect just those.
+    settings = Path(inputs.get("settings") or Path(inputs["generations"]).with_name("settings.json"))
+    limit = read_json(settings).get("limit") if settings.is_file() else None
+    result = score_files(params["benchmark"], Path(inputs["generations"]), Path(inputs["data"]),
+                         limit=limit, allow_partial=bool(params.get("allow_partial", False)))
     write_json(outputs["scores"], result)
 
 
@@ -377,6 +393,7 @@ def table(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     rows: list[Row] = []
     for spec in params["rows"]:
         row = load_row(spec["family"], spec["group"], spec["method"], spec["scores"])
+        row.stale = frozenset(b for b, path in spec["scores"].items() if _cell_is_stale(Path(path).with_name("settings.json")))
         cost = spec.get("forwards")
         if cost:
             row.note = _forwards_note([read_jsonl(p) for p in cost])
@@ -384,11 +401,38 @@ def table(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     write_table(rows, outputs["tex"], params["caption"], params["label"])
 
 
+def _cell_is_stale(settings: Path) -> bool:
+    """Whether a cell's generate step ran code that has changed since (fusionroute.provenance)."""
+    from fusionroute.io import read_json
+    from fusionroute.provenance import is_stale
+
+    return settings.is_file() and is_stale(read_json(settings).get("code"))
+
+
 def _forwards_note(generation_files: list[list[dict]]) -> str:
     """Model forwards per emitted token over all benchmarks of a method (where recorded)."""
     forwards = sum(r.get("forwards", 0) for rows in generation_files for r in rows)
     tokens = sum(max(1, r.get("n_tokens", 0)) for rows in generation_files for r in rows)
     return f"{forwards / tokens:.1f} fwd/token" if forwards else ""
+
+
+@step
+def side_by_side(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
+    """Table 1 / Table 2 beside the paper's numbers ("ours | paper" per cell)."""
+    from fusionroute.eval.claims import write_side_by_side
+
+    write_side_by_side(params["rows"], inputs["paper"], params["table"], outputs["tex"], outputs["md"],
+                       params["caption"], params["label"])
+
+
+@step
+def claims(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
+    """The paper's claims tested on our scores and judge verdicts (claims.md, claims.json)."""
+    from fusionroute.eval.claims import write_claims
+
+    write_claims(params["families"], inputs["paper"], outputs["md"], outputs["json"], params["table1"],
+                 world=params["world"], seed=params["seed"], alpha=params["alpha"], power=params["power"],
+                 resamples=params["resamples"])
 
 
 @step

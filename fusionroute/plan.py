@@ -107,6 +107,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
+from fusionroute.catalog import family_methods, load_catalog
+
 GIB = 2**30
 GB = 10**9
 
@@ -1113,23 +1115,7 @@ class Planner:
         figures = judge.get("figures") or {}
         extra = [m for fig in figures.values() for m in fig] + ([judge["against"]] if judge.get("against") else [])
         names += [m for m in extra if m not in names]
-        collab = {k: v for k, v in (self.config.get("collab") or {}).items() if k != "limit"}
-        with_rm = {"experts": "experts", "reward_model": "reward_model"}
-        sft_router = {"router": "router_sft", "experts": "experts"}
-        catalog = {e: {"kind": "single", "models": {"model": e}} for e in self.experts(family)}
-        catalog.update({
-            "sequence_selection": {"kind": "sequence_selection", "models": with_rm},
-            "collab": {"kind": "collab", "models": with_rm, "params": collab},
-            "finetuned": {"kind": "single", "models": {"model": "finetuned"}},
-            "dare": {"kind": "single", "models": {"model": "merge:dare"}},
-            "task_arithmetic": {"kind": "single", "models": {"model": "merge:task_arithmetic"}},
-            "fusionroute": {"kind": "fusionroute", "models": {"router": "router", "experts": "experts"}},
-            "fusionroute_routing_only": {"kind": "fusionroute", "models": sft_router},
-            "fusionroute_sft": {"kind": "fusionroute", "models": sft_router},
-            "base": {"kind": "single", "models": {"model": "base"}},
-        })
-        for cname, spec in (self.config.get("custom_methods") or {}).items():
-            catalog[cname] = {"params": {}, **spec}
+        catalog = family_methods(load_catalog(extra_kinds=self.config.get("method_kinds")), self.config, family)
         return {n: catalog[n] for n in names if n in catalog}
 
     def _method_models(self, family: str, spec: dict) -> dict[str, ModelShape]:
@@ -1273,14 +1259,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mean-train-tokens", type=float, default=None,
                    help=f"mean training sequence (default: from build/<world>/data, else {a.mean_train_tokens:.0f})")
     p.add_argument("--prompt-tokens", type=int, default=None,
-                   help=f"longest prompt of a decoding batch (default {a.prompt_tokens}, at most max_len)")
+                   help="longest prompt of a decoding batch (default: generation.max_prompt_tokens, else "
+                        f"{a.prompt_tokens} or max_len if smaller)")
     p.add_argument("--mean-prompt-tokens", type=float, default=a.mean_prompt_tokens)
     p.add_argument("--no-fail", action="store_true", help="exit 0 even when a rule does not fit")
     args = p.parse_args(argv)
 
     config = load_config(args.configfile)
     hardware = Hardware(**{k: getattr(args, k) for k in asdict(hw)})
-    prompt = args.prompt_tokens if args.prompt_tokens is not None else min(1024, int(config["max_len"]))
+    configured = config["generation"].get("max_prompt_tokens")
+    if args.prompt_tokens is not None:
+        prompt = args.prompt_tokens
+    elif configured:  # the generate step cuts longer prompts to this
+        prompt = int(configured)
+    else:
+        prompt = min(1024, int(config["max_len"]))
     assume = Assumptions(prompt_tokens=prompt, mean_prompt_tokens=min(args.mean_prompt_tokens, prompt))
     if args.mean_train_tokens:
         assume.mean_train_tokens, assume.train_tokens_source = args.mean_train_tokens, "--mean-train-tokens"

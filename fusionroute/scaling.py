@@ -37,7 +37,7 @@ Multi-GPU (FSDP; DeepSpeed is not supported). With `launcher: accelerate`, `mayb
 inputs/outputs/params to a JSON job file and runs
     accelerate launch --config_file <accelerate_config> --num_processes <N> \\
         [--fsdp_transformer_layer_cls_to_wrap <decoder layer class>] \\
-        -m fusionroute.scaling run-step <job.json>
+        -m fusionroute.steps run-step <job.json>
 in the job's allocation (on SLURM: give the training rules `gpu: N` in profiles/slurm). Each
 process runs the same step and places everything on its own device (`process_device`:
 cuda:LOCAL_RANK, never plain "cuda"): under FSDP the policy is loaded on the CPU and FSDP moves
@@ -54,7 +54,6 @@ path); FSDP needs GPUs to run.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -488,7 +487,7 @@ def accelerate_command(job_file: str, options: ScalingOptions, model_source: Any
         layer = _decoder_layer_class(model_source)
         if layer:
             cmd += ["--fsdp_transformer_layer_cls_to_wrap", layer]
-    return cmd + ["-m", "fusionroute.scaling", "run-step", job_file]
+    return cmd + ["-m", "fusionroute.steps", "run-step", job_file]
 
 
 def maybe_relaunch(name: str, inputs: dict, outputs: dict, params: dict, threads: int) -> bool:
@@ -507,20 +506,3 @@ def maybe_relaunch(name: str, inputs: dict, outputs: dict, params: dict, threads
     finally:
         os.unlink(job_file)
     return True
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run a workflow step from a job file (used by accelerate launch).")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run-step")
-    run.add_argument("job", help="JSON {name, inputs, outputs, params, threads}")
-    args = parser.parse_args(argv)
-    job = json.loads(Path(args.job).read_text())
-    from fusionroute.pipeline import run_step
-
-    run_step(job["name"], job["inputs"], job["outputs"], job["params"], job.get("threads", 1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -43,7 +43,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from fusionroute import scaling
-from fusionroute.data import Encoded, batch_indices, collate
+from fusionroute.data import IGNORE, Encoded, batch_indices, collate
 from fusionroute.features import scatter_to_positions
 from fusionroute.losses import (
     cdpo_bias,
@@ -56,7 +56,7 @@ from fusionroute.losses import (
     trained_positions,
 )
 from fusionroute.router import RouterModel, RouterOutput
-from fusionroute.training import OptimConfig, TrainResult, train_loop
+from fusionroute.training import OptimConfig, StepMetrics, TrainResult, train_loop
 
 
 def _lengths(encoded: Sequence[Encoded]) -> list[int]:
@@ -162,7 +162,43 @@ def sft_loss_from_output(
     route = routing_loss(out.routing_logits[:, :-1], gold, informative, routing.reading, full, targets,
                          denominator=informative_total)
     loss = language + routing.lam * route
-    return loss, {"lm": float(language.detach()), "route": float(route.detach()), "informative": float(informative.sum())}
+    own_tokens, own_informative = float(target_mask.sum()), float(informative.sum())
+    return loss, {"lm": float(language.detach()), "route": float(route.detach()), "informative": own_informative,
+                  "tokens": own_tokens,
+                  # the losses' numerators (summed NLL / routing loss), whatever denominator they used
+                  "lm_sum": float(language.detach()) * (tokens if tokens is not None else own_tokens),
+                  "route_sum": float(route.detach()) * (informative_total if informative_total is not None
+                                                        else own_informative)}
+
+
+def record_sft_metrics(metrics: StepMetrics | None, parts: dict[str, float], prefix: str = "") -> None:
+    """Eq. 3's parts for the step's log: LM loss per trained token, routing loss per informative
+    position, and the share of trained positions that are informative (experts disagree)."""
+    if metrics is None:
+        return
+    metrics.add(f"{prefix}lm_loss", parts["lm_sum"], parts["tokens"])
+    metrics.add(f"{prefix}routing_loss", parts["route_sum"], parts["informative"])
+    metrics.add(f"{prefix}informative_share", parts["informative"], parts["tokens"])
+
+
+def record_preference_metrics(metrics: StepMetrics | None, policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+                              reference_chosen: torch.Tensor, reference_rejected: torch.Tensor, beta: float,
+                              bias: torch.Tensor | None, losses: torch.Tensor) -> None:
+    """(C)DPO as TRL logs DPO: implicit rewards beta * (log pi - log pi_ref) of chosen and rejected
+    answers, their margin and how often chosen > rejected; plus the CDPO bias term and the loss."""
+    if metrics is None:
+        return
+    with torch.no_grad():
+        chosen = beta * (policy_chosen.detach().float() - reference_chosen.float())
+        rejected = beta * (policy_rejected.detach().float() - reference_rejected.float())
+        n = chosen.numel()
+        metrics.add("pref_loss", float(losses.detach().float().sum()), n)
+        metrics.add("rewards_chosen", float(chosen.sum()), n)
+        metrics.add("rewards_rejected", float(rejected.sum()), n)
+        metrics.add("rewards_margin", float((chosen - rejected).sum()), n)
+        metrics.add("rewards_accuracy", float((chosen > rejected).float().sum()), n)
+        if bias is not None and bias.numel():
+            metrics.add("cdpo_bias", float(bias.float().sum()), n)
 
 
 def train_router_sft(
@@ -181,9 +217,14 @@ def train_router_sft(
     router.train()
     schedule = list(batch_indices(len(encoded), cfg.batch_size, cfg.steps, cfg.seed, _lengths(encoded)))
 
+    metrics = StepMetrics()
+
     def loss_of(rows: list[int], live: dict[str, nn.Module], denominators=None) -> torch.Tensor:
         batch = _to(collate([encoded[i] for i in rows], pad_token_id), _device(live["router"]))
-        return router_sft_loss(live["router"], batch, [features[i] for i in rows], routing, experts, denominators)[0]
+        loss, parts = router_sft_loss(live["router"], batch, [features[i] for i in rows], routing, experts,
+                                      denominators)
+        record_sft_metrics(metrics, parts)
+        return loss
 
     def pieces_loss(micro: list[int], live: dict[str, nn.Module], pieces: list[list[int]]):
         denominators = (sum(trained_positions(encoded[i].labels) for i in micro),
@@ -197,7 +238,7 @@ def train_router_sft(
         return loss_of(micro, live)
 
     result = train_loop({"router": router}, schedule, micro_loss, cfg, "router SFT", checkpoint_dir,
-                        rows=lambda i: (len(encoded[i].input_ids),))
+                        rows=lambda i: (len(encoded[i].input_ids),), metrics=metrics)
     router.eval()
     return result
 
@@ -443,15 +484,18 @@ def mix_train(
     routing = RoutingConfig(lam=mix.lam, reading=mix.reading)
     policy.train()
     pool = [("sft", i) for i in range(len(sft))] + [("pref", j) for j in range(len(pairs))]
-    lengths = [len(sft[i].input_ids) if kind == "sft" else len(pairs[i].chosen.input_ids) + len(pairs[i].rejected.input_ids)
-               for kind, i in pool]
-    schedule = list(batch_indices(len(pool), cfg.batch_size, cfg.steps, cfg.seed, lengths))
+    # Algorithm 1 draws every batch at random from the mixture, so SFT samples and pairs share
+    # batches in proportion; grouping by length (as the SFT phase does against padding) would give
+    # many batches of one kind only, since pairs are two rows and longer.
+    schedule = list(batch_indices(len(pool), cfg.batch_size, cfg.steps, cfg.seed))
 
     def rows_of(k: int) -> tuple[int, ...]:
         kind, i = pool[k]
         if kind == "sft":
             return (len(sft[i].input_ids),)
         return (len(pairs[i].chosen.input_ids), len(pairs[i].rejected.input_ids))
+
+    metrics = StepMetrics()
 
     def rows_loss(rows_idx: list[int], live: dict[str, nn.Module], counts: tuple[int, int, int] | None = None):
         # One forward over SFT rows, chosen rows and rejected rows together: every process then
@@ -473,18 +517,23 @@ def mix_train(
             part = {k: v[:n_sft] for k, v in batch.items()}
             if is_router:
                 sft_out = RouterOutput(out.logits[:n_sft], out.routing_logits[:n_sft])
-                sft_loss, _ = sft_loss_from_output(sft_out, part, [sft_features[i] for i in sft_ids], routing,
-                                                   denominators=denominators)
+                sft_loss, parts = sft_loss_from_output(sft_out, part, [sft_features[i] for i in sft_ids], routing,
+                                                       denominators=denominators)
+                record_sft_metrics(metrics, parts, prefix="sft_")
             else:
                 sft_loss = lm_loss(out.logits[:n_sft], part["labels"], None if counts is None else counts[1])
+                own_tokens = float((part["labels"][:, 1:] != IGNORE).sum())
+                metrics.add("sft_lm_loss", float(sft_loss.detach()) * (counts[1] if counts is not None else own_tokens),
+                            own_tokens)
             loss = loss + mix.lam * sft_loss * weight_sft
         if n:
             seq = sequence_logprob(out.logits[n_sft:], batch["labels"][n_sft:])
             idx = torch.tensor(pref_ids)
-            pref_loss = dpo_loss(
-                seq[:n], seq[n:], frozen["ref_chosen"][idx].to(device), frozen["ref_rejected"][idx].to(device),
-                mix.beta, frozen["bias"][idx].to(device),
-            )
+            ref_chosen, ref_rejected = frozen["ref_chosen"][idx].to(device), frozen["ref_rejected"][idx].to(device)
+            bias = frozen["bias"][idx].to(device)
+            pref_loss = dpo_loss(seq[:n], seq[n:], ref_chosen, ref_rejected, mix.beta, bias)
+            record_preference_metrics(metrics, seq[:n], seq[n:], ref_chosen, ref_rejected, mix.beta,
+                                      bias if is_router else None, pref_loss)
             loss = loss + pref_loss.sum()
         return loss
 
@@ -500,6 +549,7 @@ def mix_train(
             return pieces_loss(micro, live, pieces)
         return rows_loss(micro, live) / len(micro)
 
-    result = train_loop({"policy": policy}, schedule, micro_loss, cfg, desc, checkpoint_dir, rows=rows_of)
+    result = train_loop({"policy": policy}, schedule, micro_loss, cfg, desc, checkpoint_dir, rows=rows_of,
+                        metrics=metrics)
     policy.eval()
     return result

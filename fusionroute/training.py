@@ -208,6 +208,32 @@ def _losses(micro_loss: MicroLoss, args: tuple, precision: _Precision) -> Iterab
         yield loss
 
 
+class StepMetrics:
+    """What a trainer's loss functions report about one optimiser step, beside the loss: each
+    entry a ratio of sums (numerator, denominator), so pieces and micro-batches of any size add up
+    exactly (e.g. the LM loss is summed token NLL over trained tokens). `train_loop` reads and
+    resets it after every step and writes the ratios into the step's log row."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, list[float]] = {}
+
+    def add(self, name: str, numerator: float, denominator: float) -> None:
+        pair = self._sums.setdefault(name, [0.0, 0.0])
+        pair[0] += float(numerator)
+        pair[1] += float(denominator)
+
+    def take(self) -> dict[str, float]:
+        """The step's ratios (summed over processes), then start afresh. A metric whose
+        denominator is 0 this step (e.g. no preference pair in the batch) is left out."""
+        out = {}
+        for name in sorted(self._sums):
+            num, den = (scaling.sum_across_processes(v) for v in self._sums[name])
+            if den:
+                out[name] = num / den
+        self._sums = {}
+        return out
+
+
 def train_loop(
     modules: dict[str, nn.Module],
     schedule: Sequence[list[int]],
@@ -217,6 +243,7 @@ def train_loop(
     checkpoint_dir: Path | None = None,
     rows: Rows | None = None,
     keep_master_weights: bool = False,
+    metrics: StepMetrics | None = None,
 ) -> TrainResult:
     """Run `cfg.steps` AdamW updates of the trainable parameters of `modules`.
 
@@ -231,7 +258,8 @@ def train_loop(
 
     `rows` (each sample's row lengths) enables `cfg.max_tokens_per_micro_batch`; see the module
     docstring for that and for the precision handling. `keep_master_weights`: return the fp32
-    master weights of a bf16 run in the result (measurements; they cost memory).
+    master weights of a bf16 run in the result (measurements; they cost memory). `metrics`: the
+    StepMetrics the loss functions write to; each step's ratios join its log row.
     """
     if len(schedule) < cfg.steps:
         raise ValueError(f"{desc}: the schedule has {len(schedule)} batches for {cfg.steps} steps")
@@ -284,7 +312,8 @@ def train_loop(
         grad_norm = scaling.clip_grad_norm(params, cfg.grad_clip) if cfg.grad_clip else float("nan")
         optimizer.step()
         scheduler.step()
-        log.append({"step": step, "loss": total, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm})
+        log.append({"step": step, "loss": total, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                    **(metrics.take() if metrics is not None else {})})
         bar.set_postfix(loss=f"{total:.4f}")
         done = step + 1
         if checkpoint and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
@@ -373,11 +402,30 @@ class _Checkpoint:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
+SUMMARY_WINDOW = 10  # steps averaged for the "first"/"last" values of the summary
+
+
+def summarise_log(log: list[dict]) -> dict:
+    """First/last loss, and for every logged quantity (loss parts, rewards, margins, accuracy) its
+    mean over the first and the last SUMMARY_WINDOW steps: whether each part of the objective moved."""
+    summary: dict = {"steps": len(log), "first_loss": log[0]["loss"] if log else None,
+                     "last_loss": log[-1]["loss"] if log else None}
+    skip = {"step", "lr", "seconds", "forwards"}
+    names = [k for k in dict.fromkeys(k for row in log for k in row) if k not in skip]
+    for name in names:
+        values = [(i, row[name]) for i, row in enumerate(log) if name in row and math.isfinite(row[name])]
+        if not values:
+            continue
+        first = [v for i, v in values if i < SUMMARY_WINDOW]
+        last = [v for i, v in values if i >= len(log) - SUMMARY_WINDOW]
+        summary[name] = {"first": sum(first) / len(first) if first else None,
+                         "last": sum(last) / len(last) if last else None}
+    return summary
+
+
 def write_log(path: str | os.PathLike, log: list[dict], extra: dict | None = None) -> None:
-    """Persist a training log plus a summary (first/last loss) next to the model."""
-    summary = {"steps": len(log), "first_loss": log[0]["loss"] if log else None,
-               "last_loss": log[-1]["loss"] if log else None, **(extra or {})}
-    write_json(path, {"summary": summary, "log": log})
+    """Persist a training log (one row per step) plus its summary next to the model."""
+    write_json(path, {"summary": {**summarise_log(log), **(extra or {})}, "log": log})
 
 
 def config_dict(obj) -> dict:

@@ -42,7 +42,7 @@ _VOLATILE_ENV = ("_", "PWD", "OLDPWD", "SHLVL")
 def run_job(job: dict) -> int:
     """Run one step as described by `job` in this process; returns the exit status (0 = done)."""
     from fusionroute.devices import claim_gpus
-    from fusionroute.pipeline import run_step
+    from fusionroute.steps import run_step
 
     with open(job["log"], "w") as log:
         sys.stdout.flush()
@@ -178,7 +178,9 @@ def serve(path: Path, idle_s: float = IDLE_S) -> None:
     import transformers  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification  # noqa: F401
 
-    import fusionroute.pipeline  # noqa: F401
+    from fusionroute.steps import load_steps
+
+    load_steps()
     from fusionroute.generation import method_kinds
 
     method_kinds()  # imports every generator module

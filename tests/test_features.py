@@ -339,19 +339,38 @@ def test_shards_of_other_inputs_or_settings_are_not_reused(tokenizer, expert_dir
         assert (tmp_path / "sft.pt").read_bytes() == reference["sft"]
 
 
+RANK_RUN = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import fusionroute.features as F
+import test_features as T
+F.WAIT_POLL_S = 0.05
+spec = json.load(open(sys.argv[1]))
+print(json.dumps(T._run(spec, rank=int(sys.argv[2]), world=2, log=lambda _: None)))
+"""
+
+
 def test_processes_split_the_shards(tokenizer, expert_dirs, reference, tmp_path, monkeypatch):
     """torchrun / accelerate ranks: rank 0 prepares the shard directories, each rank computes every
-    world-th shard, rank 0 waits for the others' and assembles (two threads stand in for ranks)."""
-    import threading
-
+    world-th shard, rank 0 waits for the others' and assembles. Rank 1 is a real second process:
+    ranks must not be threads of one interpreter, because transformers' from_pretrained swaps
+    class attributes (tie_weights, init_weights) while it loads, and two concurrent loads can leave
+    them swapped for the rest of the process."""
     monkeypatch.setattr(F, "WAIT_POLL_S", 0.05)
     spec = _spec(tokenizer, expert_dirs, tmp_path)
-    results = {}
-    rank0 = threading.Thread(target=lambda: results.update({0: _run(spec, rank=0, world=2, log=lambda _: None)}))
-    rank0.start()
-    results[1] = _run(spec, rank=1, world=2, log=lambda _: None)
-    rank0.join(timeout=300)
-    assert results == {0: {"computed": 11, "shards": 21}, 1: {"computed": 10, "shards": 21}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_RUN.format(tests=str(REPO / "tests")))
+    rank1 = subprocess.Popen([sys.executable, str(script), str(tmp_path / "spec.json"), "1"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "FUSIONROUTE_NO_PROGRESS": "1"})
+    try:
+        result0 = _run(spec, rank=0, world=2, log=lambda _: None)
+        out, err = rank1.communicate(timeout=300)
+    finally:
+        rank1.kill()
+    assert rank1.returncode == 0, err[-2000:]
+    assert {0: result0, 1: json.loads(out.strip().splitlines()[-1])} == {0: {"computed": 11, "shards": 21},
+                                                                           1: {"computed": 10, "shards": 21}}
     assert (tmp_path / "sft.pt").read_bytes() == reference["sft"]
     assert (tmp_path / "preferences.pt").read_bytes() == reference["preferences"]
 

@@ -238,3 +238,68 @@ def test_model_fingerprint_sees_retrained_weights(tokenizer, tmp_path):
     make_llama(tokenizer, 1).save_pretrained(tmp_path / "m")
     assert model_fingerprint(tmp_path / "m") != before
     assert model_fingerprint("some-org/some-model") == {"source": "some-org/some-model"}
+
+
+def test_sft_log_shows_the_parts_of_eq3(tokenizer, experts):
+    """Each step's log row carries the LM loss, the routing loss and the informative share, and
+    (one micro-batch per step) loss = lm_loss + lambda * routing_loss."""
+    from fusionroute.training import summarise_log
+
+    samples = _samples(tokenizer, 8)
+    feats = compute_expert_features(experts, samples, tokenizer.pad_token_id)
+    router = RouterModel.from_lm(make_llama(tokenizer, 0), ["a", "b", "c"], seed=0)
+    log = train_router_sft(router, samples, feats, OptimConfig(steps=4, batch_size=4, lr=1e-3, seed=0),
+                           RoutingConfig(lam=0.5), tokenizer.pad_token_id).log
+    for row in log:
+        assert row["loss"] == pytest.approx(row["lm_loss"] + 0.5 * row["routing_loss"], rel=1e-5)
+        assert 0.0 < row["informative_share"] <= 1.0
+    summary = summarise_log(log)
+    assert summary["lm_loss"]["first"] == pytest.approx(sum(r["lm_loss"] for r in log) / 4)
+
+
+def test_mix_log_shows_rewards_margins_and_accuracy_as_trl(tokenizer, experts):
+    """At step 0 the policy is its own reference: implicit rewards 0 and the DPO loss log 2.
+    Later steps: margin = chosen - rejected reward, accuracy in [0, 1]; SFT parts logged apart."""
+    import math
+
+    pairs = _pairs(tokenizer, 4)
+    router = RouterModel.from_lm(make_llama(tokenizer, 0), ["a", "b", "c"], seed=0)
+    frozen = preference_reference(router.lm, pairs, tokenizer.pad_token_id, 0.1)
+    only_pairs = mix_train(router, [], [], pairs, frozen, OptimConfig(steps=8, batch_size=4, lr=3e-3, seed=0),
+                           MixConfig(), tokenizer.pad_token_id, "mix").log
+    first = only_pairs[0]
+    assert first["rewards_chosen"] == pytest.approx(0.0, abs=1e-5)
+    assert first["rewards_rejected"] == pytest.approx(0.0, abs=1e-5)
+    assert first["pref_loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert first["cdpo_bias"] == 0.0 and "sft_lm_loss" not in first  # an LM reference: no bias; no SFT rows
+
+    samples = _samples(tokenizer, 4)
+    sft_feats = compute_expert_features(experts, samples, tokenizer.pad_token_id)
+    router = RouterModel.from_lm(make_llama(tokenizer, 0), ["a", "b", "c"], seed=0)
+    log = mix_train(router, samples, sft_feats, pairs, frozen, OptimConfig(steps=6, batch_size=4, lr=1e-2, seed=0),
+                    MixConfig(), tokenizer.pad_token_id, "mix").log
+    with_pairs = [row for row in log if "rewards_margin" in row]
+    with_sft = [row for row in log if "sft_lm_loss" in row]
+    assert with_pairs and with_sft
+    for row in with_pairs:
+        assert row["rewards_margin"] == pytest.approx(row["rewards_chosen"] - row["rewards_rejected"], abs=1e-6)
+        assert 0.0 <= row["rewards_accuracy"] <= 1.0
+    for row in with_sft:
+        assert {"sft_routing_loss", "sft_informative_share"} <= set(row)
+    # DPO pushed the chosen answers up relative to the rejected ones
+    assert only_pairs[-1]["rewards_margin"] > 0 and only_pairs[-1]["pref_loss"] < math.log(2)
+
+
+def test_mix_batches_draw_sft_samples_and_pairs_at_random(tokenizer):
+    """Algorithm 1 mixes at random: with SFT samples much shorter than pairs, batches still hold
+    both kinds (grouping by length made most batches one kind only)."""
+    from fusionroute.data import encode_pair
+
+    samples = [encode_pair(tokenizer, TEMPLATE.format("Hi."), "ok", 64) for _ in range(40)]  # short
+    pairs = _pairs(tokenizer, 40)
+    model = make_llama(tokenizer, 0)
+    frozen = preference_reference(model, pairs, tokenizer.pad_token_id, 0.1)
+    log = mix_train(model, samples, None, pairs, frozen, OptimConfig(steps=12, batch_size=8, lr=1e-4, seed=0),
+                    MixConfig(), tokenizer.pad_token_id, "mix").log
+    both = sum("sft_lm_loss" in row and "rewards_margin" in row for row in log)
+    assert both >= 10, [sorted(k for k in row if k in ("sft_lm_loss", "rewards_margin")) for row in log]

@@ -89,7 +89,7 @@ def test_options_validation_and_launcher(tmp_path, tokenizer_dir):
                                      "num_processes": 4})
     cmd = accelerate_command("job.json", opts)
     assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
-    assert cmd[cmd.index("--num_processes") + 1] == "4" and cmd[-3:] == ["fusionroute.scaling", "run-step", "job.json"]
+    assert cmd[cmd.index("--num_processes") + 1] == "4" and cmd[-3:] == ["fusionroute.steps", "run-step", "job.json"]
 
 
 def test_relaunch_under_accelerate_runs_the_training_step(tmp_path, tokenizer, tokenizer_dir):

@@ -42,6 +42,9 @@ def test_smoke_workflow_end_to_end_and_deterministic(tmp_path):
     assert r"\toprule" in table1 and r"\bottomrule" in table1 and "GSM8K & MATH500 & MBPP & HumanEval & IfEval & Avg." in table1
     table2 = (work / "results/table2.tex").read_text()
     assert "FusionRoute w/o complementary logits" in table2
+    # each world keeps its own tables; results/table1.* are copies of the world just built
+    for name in ("table1.tex", "table1.md", "table2.tex", "table2.md"):
+        assert (work / "results" / name).read_bytes() == (work / "results/smoke" / name).read_bytes(), name
 
     # every cell was really generated and scored
     cell = work / "results/smoke/tiny/fusionroute/gsm8k"

@@ -2,7 +2,7 @@
 
 GSM8K (numbers)
     strict   -- the number right after an explicit answer marker: "The answer is[:] N" (the style
-                the tiny world trains, CONTRACTS.md) or "#### N" (the dataset's own style); the
+                the tiny world trains, docs/CONTRACTS.md) or "#### N" (the dataset's own style); the
                 last marker wins.
     flexible -- strict if a marker holds a number, else the last number anywhere in the text
                 (lm-eval's "flexible-extract" idea).

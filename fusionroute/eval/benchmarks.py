@@ -1,5 +1,5 @@
 """The five benchmarks: where their data comes from, how records are identified and subset,
-and the instruction text a model sees for a record (CONTRACTS.md is the source of truth).
+and the instruction text a model sees for a record (docs/CONTRACTS.md is the source of truth).
 
 Records keep the Hugging Face dataset's own schema; loaders only add an "id" (str). A local
 --data JSONL must use that same schema. Without one, data comes from the hub through
@@ -58,7 +58,9 @@ def get_spec(name: str) -> BenchmarkSpec:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    """All rows of a (optionally gzipped) JSONL file; errors name the file and line."""
+    """All rows of a (optionally gzipped) JSONL file; errors name the file and line and say
+    what to do. Strict on purpose: a torn last line or bytes that are not UTF-8 stop the read
+    instead of being skipped (a silently shorter file would be scored as if complete)."""
     opener = gzip.open if path.suffix == ".gz" else open
     rows: list[dict] = []
     try:
@@ -66,16 +68,47 @@ def _read_jsonl(path: Path) -> list[dict]:
             for number, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{number}: expected a JSON object per line")
-                rows.append(row)
+                rows.append(_parse_line(path, number, line))
     except FileNotFoundError:
         raise DataError(f"data file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(_not_utf8_message(path, opener, exc)) from None
+    except (EOFError, gzip.BadGzipFile) as exc:  # before OSError: BadGzipFile is one
+        raise DataError(f"{path}: not a complete gzip file ({exc}); it was probably cut off "
+                        f"while being written: write it again") from None
+    except OSError as exc:  # a directory, no permission, an I/O error
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     return rows
+
+
+def _parse_line(path: Path, number: int, line: str) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        if not line.endswith("\n"):
+            # The file ends inside this line: the writer was interrupted (a crash mid-write).
+            raise DataError(f"{path}:{number}: invalid JSON ({exc.msg}) on the last line, which "
+                            f"has no newline: the file was cut off while being written; "
+                            f"write it again (rerun the step that made it)") from None
+        raise DataError(f"{path}:{number}: invalid JSON ({exc.msg}); fix or remove that line, "
+                        f"or write the file again") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{path}:{number}: expected a JSON object per line")
+    return row
+
+
+def _not_utf8_message(path: Path, opener: Any, exc: UnicodeDecodeError) -> str:
+    """Where the first undecodable byte is. The text reader decodes in chunks, so its error
+    position is not a line number: find the line again, byte-wise (only on this error path)."""
+    with opener(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as line_exc:
+                return (f"{path}:{number}: not valid UTF-8 (byte 0x{raw[line_exc.start]:02x} at "
+                        f"byte {line_exc.start + 1} of the line); re-encode the file as UTF-8, "
+                        f"e.g. iconv -f latin1 -t utf-8")
+    return f"{path}: not valid UTF-8 ({exc.reason}); re-encode the file as UTF-8"
 
 
 def _humaneval_package_path() -> Path:
@@ -107,18 +140,35 @@ def _raw_rows(spec: BenchmarkSpec, data_path: str | None, hub_id: str | None) ->
 
 def _with_ids(spec: BenchmarkSpec, rows: list[dict], source: str) -> list[dict]:
     """Validate the schema and add "id" (str) to each record; ids must be unique."""
-    records, seen = [], set()
     for index, row in enumerate(rows):
         missing = [f for f in spec.required_fields if f not in row]
         if missing:
             raise DataError(f"{source}: record {index} lacks {missing} "
                             f"(expected the {spec.hub_id} schema)")
-        rid = str(index) if spec.id_field is None else str(row[spec.id_field])
+    records, seen = [], set()
+    for row, rid in zip(rows, _row_ids(spec, rows, source)):
         if rid in seen:
             raise DataError(f"{source}: duplicate id {rid!r}")
         seen.add(rid)
         records.append({**row, "id": rid})
     return records
+
+
+def _row_ids(spec: BenchmarkSpec, rows: list[dict], source: str) -> list[str]:
+    """The id of each row: its id field, or for GSM8K (which has none) the row index in the
+    full split -- unless the rows already carry the "id" load_records gave them (a data file
+    the workflow wrote, usually a subset): renumbering those by position would check answers
+    against another question's gold."""
+    if spec.id_field is not None:
+        return [str(row[spec.id_field]) for row in rows]
+    without = [index for index, row in enumerate(rows) if "id" not in row]
+    if len(without) == len(rows):
+        return [str(index) for index in range(len(rows))]
+    if without:
+        raise DataError(f"{source}: record {without[0]} has no 'id' while other records have "
+                        f"one; give every record its row index in the full split as 'id', or "
+                        f"none (then ids are row positions in this file)")
+    return [str(row["id"]) for row in rows]
 
 
 def subset(records: list[Any], n: int | None, seed: int) -> list[Any]:
@@ -146,7 +196,7 @@ def load_records(name: str, data_path: str | os.PathLike | None = None, hub_id: 
 
 
 def instruction_for(name: str, record: dict) -> str:
-    """The instruction text for a record, exactly as CONTRACTS.md specifies."""
+    """The instruction text for a record, exactly as docs/CONTRACTS.md specifies."""
     if name in ("gsm8k", "ifeval"):
         return record["question"] if name == "gsm8k" else record["prompt"]
     if name == "math500":

@@ -2,7 +2,7 @@
 run it in the sandbox (fusionroute.eval.sandbox). pass@1 with one sample per task = the
 fraction of tasks whose program passes.
 
-Completion styles accepted (CONTRACTS.md):
+Completion styles accepted (docs/CONTRACTS.md):
 * a fenced ```python block holding the full function -- when several blocks exist we take the
   one that defines the entry point (else the first that defines any function, else the first);
   an unterminated fence (generation cut off) counts up to the end of the text;
@@ -13,6 +13,14 @@ HumanEval programs with a full function are built as prompt + "\\n" + code: the 
 (signature + docstring, a valid body) is immediately redefined by the model's function, while
 the prompt's imports (`from typing import List`) and helper functions (HumanEval/10, /38, ...)
 stay available, which a full-function answer often relies on without repeating them.
+
+Size limit: a completion longer than MAX_COMPLETION_CHARS (1 MiB of text) is never run: it is
+judged incorrect with the reason "not run: ...". Compiling a program is memory-hungry: one 50 MB
+completion of short statements took a sandbox process to its 2 GB memory limit (MemoryError after
+~11 s; with the default 6 s timeout, 1.4 GB when killed), once per parallel worker. No answer
+within a paper-style max_new_tokens (400 tokens, a few KB) comes near the limit. The scorer
+(fusionroute.eval.scoring) refuses such completions before anything runs unless a partial
+result is asked for.
 """
 from __future__ import annotations
 
@@ -20,7 +28,8 @@ import ast
 import re
 from dataclasses import dataclass
 
-from fusionroute.eval.sandbox import Isolation, SandboxLimits, SandboxResult, run_programs
+from fusionroute.eval.sandbox import (
+    FAILED, Isolation, SandboxLimits, SandboxResult, run_programs)
 
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = {"", "python", "py", "python3", "py3"}
@@ -28,6 +37,18 @@ _ASSERT_CALL_RE = re.compile(r"assert\s*\(?\s*(?:not\s+)?\(?\s*(?:math\.isclose\
                              r"([A-Za-z_]\w*)\s*\(")
 
 DEFAULT_CODE_LIMITS = SandboxLimits(timeout_s=6.0)
+MAX_COMPLETION_CHARS = 1 << 20   # longer completions are not run (module doc)
+
+
+def oversized(completion: str) -> bool:
+    """Too long to run (MAX_COMPLETION_CHARS, counted in characters)."""
+    return len(completion) > MAX_COMPLETION_CHARS
+
+
+def _not_run(completion: str) -> SandboxResult:
+    return SandboxResult(FAILED, None, "", "", 0.0,
+                         reason=f"not run: the completion has {len(completion):,} characters, "
+                                f"over the limit of {MAX_COMPLETION_CHARS:,}")
 
 
 def fenced_blocks(text: str) -> list[str]:
@@ -105,7 +126,12 @@ def judge_code(benchmark: str, records: list[dict], completions: list[str],
         build = BUILDERS[benchmark]
     except KeyError:
         raise ValueError(f"{benchmark!r} is not a code benchmark ({sorted(BUILDERS)})") from None
-    programs = [build(r, c) for r, c in zip(records, completions, strict=True)]
-    results = run_programs(programs, limits or DEFAULT_CODE_LIMITS, workers=workers,
-                           isolation=isolation)
-    return [CodeJudgement(r.passed, r) for r in results]
+    pairs = list(zip(records, completions, strict=True))
+    # Over-long completions are neither built into a program nor run (module doc).
+    runnable = [i for i, (_, c) in enumerate(pairs) if not oversized(c)]
+    results = {i: _not_run(c) for i, (_, c) in enumerate(pairs) if oversized(c)}
+    if runnable:
+        ran = run_programs([build(*pairs[i]) for i in runnable], limits or DEFAULT_CODE_LIMITS,
+                           workers=workers, isolation=isolation)
+        results.update(zip(runnable, ran))
+    return [CodeJudgement(results[i].passed, results[i]) for i in range(len(pairs))]

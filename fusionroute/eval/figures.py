@@ -9,9 +9,14 @@ as PDF and PNG (same stem). A dashed line marks 0.5 (parity with the comparison 
 bar carries its value. Methods keep the figure's canonical order; unknown methods follow in input
 order; a method missing for a family leaves a gap.
 
-CLI (also what the Snakemake rule calls):
+Legend labels come from the caller (`labels`, method -> label): the workflow passes the method
+catalogue's labels (workflow/rules/judge.smk `figure_labels`, through fusionroute.judging.figure);
+a method without one is shown by its name. This module keeps no method-label table.
+
+CLI (the Snakemake rules call `make_figure` through fusionroute.judging.figure):
     python -m fusionroute.eval.figures fig3 --out results/fig3.pdf \\
-        --inputs llama3:fusionroute=results/llama3/judge/fusionroute.json ...
+        --inputs llama3:fusionroute=results/llama3/judge/fusionroute.json ... \\
+        [--labels fusionroute=FusionRoute ...]
 """
 from __future__ import annotations
 
@@ -37,21 +42,12 @@ FIGURES: dict[str, dict[str, Any]] = {
         "title": "Judge win rate against the fine-tuned model",
     },
     "fig4": {
-        "methods": ["base", "sft", "fusionroute"],
+        "methods": ["base", "fusionroute_sft", "fusionroute"],
         "ylabel": "Win rate",
         "title": "FusionRoute with vs. without CDPO",
     },
 }
 
-METHOD_LABELS = {
-    "fusionroute": "FusionRoute",
-    "sequence_selection": "Sequence Selection",
-    "collab": "Collab",
-    "finetuned": "Fine-tuned",
-    "base": "Base model",
-    "sft": "FusionRoute (SFT only)",
-    "sft_only": "FusionRoute (SFT only)",
-}
 FAMILY_LABELS = {"llama3": "Llama-3", "gemma2": "Gemma-2", "tiny": "Tiny"}
 
 FIGSIZE = (6.4, 3.6)  # inches
@@ -93,7 +89,7 @@ def plot_win_rates(inputs: Mapping[str, Mapping[str, Any]], out: str | os.PathLi
     if not families:
         raise ValueError("no inputs")
     methods = _method_order(inputs, methods or [])
-    labels = {**METHOD_LABELS, **(labels or {})}
+    labels = dict(labels or {})
     rates = {(f, m): win_rate_of(inputs[f][m]) if m in inputs[f] else math.nan
              for f in families for m in methods}
 
@@ -165,14 +161,28 @@ def parse_inputs(specs: list[str]) -> dict[str, dict[str, str]]:
     return inputs
 
 
+def parse_labels(specs: list[str]) -> dict[str, str]:
+    """["method=Label", ...] -> {method: label}."""
+    labels = {}
+    for spec in specs:
+        method, sep, label = spec.partition("=")
+        if not (sep and method and label):
+            raise ValueError(f"bad --labels entry {spec!r}; expected method=label")
+        labels[method] = label
+    return labels
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Win-rate figures (paper Figures 3 and 4).")
     p.add_argument("kind", choices=sorted(FIGURES))
     p.add_argument("--out", required=True, help="output path; .pdf and .png are both written")
     p.add_argument("--inputs", nargs="+", required=True, help="family:method=judge_result.json")
+    p.add_argument("--labels", nargs="+", default=[], help="method=legend label (default: the name)")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
-    kwargs = {"title": args.title} if args.title else {}
+    kwargs: dict[str, Any] = {"labels": parse_labels(args.labels)}
+    if args.title:
+        kwargs["title"] = args.title
     for path in make_figure(args.kind, parse_inputs(args.inputs), args.out, **kwargs):
         print(path)
     return 0

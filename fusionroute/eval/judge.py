@@ -247,19 +247,18 @@ class OpenAIJudge:
 
 
 def _instruction_fraction(sample: dict) -> float | None:
-    """Fraction of IFEval instructions followed, if the scorer's sample record carries it."""
-    for key in ("instructions_followed", "follow_instruction_list", "instruction_results",
-                "follow_all_instructions_list"):
-        value = sample.get(key)
-        if isinstance(value, (list, tuple)) and value:
-            return sum(bool(v) for v in value) / len(value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
-            return float(value)
-    for key in ("instruction_fraction", "fraction_followed", "frac_followed"):
-        value = sample.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    return None
+    """Fraction of IFEval instructions followed (strict), from the scorer's sample record.
+
+    `fusionroute.eval.scoring` writes, per IFEval sample, `instructions` (the record's instruction
+    ids, one per instruction) and `failed_instructions` (those not followed in strict mode, one
+    entry per failed instruction). None for a record without them (the other benchmarks)."""
+    instructions = sample.get("instructions")
+    failed = sample.get("failed_instructions")
+    if not isinstance(instructions, (list, tuple)) or not instructions or not isinstance(failed, (list, tuple)):
+        return None
+    if len(failed) > len(instructions):
+        raise ValueError(f"sample {sample.get('id')!r}: {len(failed)} failed of {len(instructions)} instructions")
+    return (len(instructions) - len(failed)) / len(instructions)
 
 
 def _quantize(score: float) -> float:
@@ -272,9 +271,10 @@ class VerifierJudge:
     with the real benchmark scorers, and the verdict is returned as text ("s1 s2\\nexplanation")
     so it goes through the same parser as an LLM judge.
 
-    Score of one answer: 10 if the scorer marks it correct, else 1; for IFEval-style benchmarks,
-    where the scorer's sample record reports per-instruction results, 1 + 9 * fraction followed
-    (quantized to 0.25). Items need `reference = {"benchmark": name, "record": {...}}`.
+    Score of one answer: 10 if the scorer marks it correct, else 1; with `partial_credit`, an
+    incorrect IFEval answer (a sample record with `instructions` and `failed_instructions`) gets
+    1 + 9 * fraction of its instructions followed in strict mode (quantized to 0.25).
+    Items need `reference = {"benchmark": name, "record": {...}}`.
     `score_fn(benchmark, generations, records) -> {"samples": [...]}` defaults to
     `fusionroute.eval.scoring.score_benchmark`. Results per (benchmark, record, answer) are cached,
     so each answer runs once although both orders are asked.
@@ -284,7 +284,7 @@ class VerifierJudge:
 
     def __init__(self, score_fn: Callable[..., dict] | None = None, *, partial_credit: bool = True):
         if score_fn is None:
-            from fusionroute.eval.scoring import score_benchmark  # being written in parallel
+            from fusionroute.eval.scoring import score_benchmark
             score_fn = score_benchmark
         self.score_fn = score_fn
         self.partial_credit = partial_credit
@@ -292,9 +292,14 @@ class VerifierJudge:
         self._lock = threading.Lock()
 
     def settings(self) -> dict:
-        return {"backend": "verifier", "partial_credit": self.partial_credit,
-                "score_fn": getattr(self.score_fn, "__module__", "?") + "."
-                + getattr(self.score_fn, "__qualname__", "?")}
+        settings = {"backend": "verifier", "partial_credit": self.partial_credit,
+                    "score_fn": getattr(self.score_fn, "__module__", "?") + "."
+                    + getattr(self.score_fn, "__qualname__", "?")}
+        if self.partial_credit:
+            # Part of the settings hash, so per-item rows cached before partial credit read the
+            # scorer's real fields (when it never applied) are judged again, not reused.
+            settings["partial_credit_fields"] = ["instructions", "failed_instructions"]
+        return settings
 
     def score_answer(self, answer: str, reference: dict) -> tuple[float, str]:
         """(score in [1, 10], short reason) for one answer."""
@@ -529,7 +534,7 @@ def items_from_generations(gens_a: str | os.PathLike | list[dict],
                            questions: dict[str, str] | None = None,
                            references: dict[str, dict] | None = None,
                            strict: bool = True) -> list[dict]:
-    """Pair two generations.jsonl (CONTRACTS.md schema) by id. The question shown to the judge is
+    """Pair two generations.jsonl (docs/CONTRACTS.md schema) by id. The question shown to the judge is
     `questions[id]` (the raw instruction) if given, else the generation's templated `prompt`.
     `strict`: the two files must hold the same ids; otherwise only common ids are used."""
     def load(src):

@@ -1,7 +1,14 @@
-"""Score generations against a benchmark and write scores.json (schema: CONTRACTS.md).
+"""Score generations against a benchmark and write scores.json (schema: docs/CONTRACTS.md).
 
     fusionroute-score --benchmark {gsm8k,math500,mbpp,humaneval,ifeval} \\
-        --generations GENERATIONS.jsonl [--data DATA.jsonl] --out SCORES.json
+        --generations GENERATIONS.jsonl [--data DATA.jsonl] --out SCORES.json [--allow-partial]
+
+Strict by default: an empty generations file, a benchmark record without a generation, a torn
+or non-UTF-8 line, or a code completion over fusionroute.eval.code.MAX_COMPLETION_CHARS stops
+with ScoringInputError (or DataError for the benchmark data) naming the file, the line or sample
+id, and what to do. With --allow-partial (allow_partial=True) the generations present are scored
+and scores.json says so: "partial": true, "n_expected", "missing_ids" (and "not_run_ids" for
+over-long code completions, judged incorrect without being run).
 
 Primary metrics: gsm8k "accuracy" (flexible extraction; the paper does not say which, and the
 flexible rule is what a "The answer is: N"-trained model is judged by in practice -- strict is
@@ -31,6 +38,14 @@ Z_95 = 1.959963984540054
 
 class ScoringError(ValueError):
     """Inputs that cannot be scored (bad ids, malformed generations)."""
+
+
+class ScoringInputError(ScoringError):
+    """Generations that would give a misleading score (empty, incomplete, torn, not UTF-8,
+    over-long code); the message names the file, the line or sample id, and what to do."""
+
+
+PARTIAL_HINT = "or pass --allow-partial (allow_partial=True) to score anyway, labelled partial"
 
 
 def wilson_interval(successes: int, n: int, z: float = Z_95) -> list[float]:
@@ -152,15 +167,70 @@ def _pair_up(generations: list[dict], records: list[dict]) -> Pairs:
     return pairs
 
 
-def score_benchmark(name: str, generations: list[dict], records: list[dict],
+def _missing_ids(pairs: Pairs, records: list[dict]) -> list[str]:
+    """Ids of the records no generation answers, in data order."""
+    answered = {gen["id"] for gen, _ in pairs}
+    return [str(r["id"]) for r in records if str(r["id"]) not in answered]
+
+
+def _not_run_ids(name: str, pairs: Pairs) -> list[str]:
+    """Code completions too long to run (fusionroute.eval.code.MAX_COMPLETION_CHARS)."""
+    if name not in ("mbpp", "humaneval"):
+        return []
+    from fusionroute.eval.code import oversized
+
+    return [gen["id"] for gen, _ in pairs if oversized(gen["completion"])]
+
+
+def _check_complete(name: str, pairs: Pairs, records: list[dict], source: str) -> None:
+    """Refuse what would be scored as if complete but is not (see the module doc)."""
+    if not records:
+        raise ScoringInputError(f"no {name} records to score {source} against; check the data file")
+    missing = _missing_ids(pairs, records)
+    if not pairs:
+        raise ScoringInputError(
+            f"{source}: no generations (expected {len(records)}, one per {name} record); "
+            f"generate them again, or check that this is the right file")
+    if missing:
+        raise ScoringInputError(
+            f"{source}: {len(missing)} of {len(records)} {name} records have no generation, "
+            f"e.g. ids {missing[:5]}; generate the missing ones (the generate step resumes), "
+            f"score against the data they were generated from (--data: the workflow's "
+            f"results/<world>/data/{name}.jsonl), {PARTIAL_HINT}")
+    not_run = _not_run_ids(name, pairs)
+    if not_run:
+        from fusionroute.eval.code import MAX_COMPLETION_CHARS
+
+        raise ScoringInputError(
+            f"{source}: the completion of sample {not_run[0]!r} ({len(not_run)} in all) has "
+            f"over {MAX_COMPLETION_CHARS:,} characters, too long to run as a program; generate "
+            f"it again with a token limit, {PARTIAL_HINT} (it is then judged incorrect without "
+            f"being run)")
+
+
+def _partial_label(name: str, pairs: Pairs, records: list[dict]) -> dict:
+    """The keys that mark a partial result; none when the result is complete."""
+    missing, not_run = _missing_ids(pairs, records), _not_run_ids(name, pairs)
+    if not missing and not not_run:
+        return {}
+    label = {"partial": True, "n_expected": len(records), "missing_ids": missing}
+    return {**label, "not_run_ids": not_run} if not_run else label
+
+
+def score_benchmark(name: str, generations: list[dict], records: list[dict], *,
+                    allow_partial: bool = False, source: str = "generations",
                     **opts: Any) -> dict:
     """Score `generations` ({"id","completion",...}) against `records` (with "id").
 
-    opts: workers / timeout_s (code benchmarks), math_timeout_s (math500).
-    Returns the scores.json object: benchmark, metric, score, n, metrics, ci95, samples.
+    Every record needs a generation (else ScoringInputError) unless `allow_partial`; `source`
+    names the generations in error messages (their file). opts: workers / timeout_s (code
+    benchmarks), math_timeout_s (math500). Returns the scores.json object: benchmark, metric,
+    score, n, [partial, n_expected, missing_ids, not_run_ids,] metrics, ci95, samples.
     """
     spec = get_spec(name)
     pairs = _pair_up(generations, records)
+    if not allow_partial:
+        _check_complete(name, pairs, records, source)
     scored = SCORERS[name](pairs, **opts)
     samples = scored.samples
     correct = sum(bool(s["correct"]) for s in samples)
@@ -170,6 +240,7 @@ def score_benchmark(name: str, generations: list[dict], records: list[dict],
         "metric": spec.primary_metric,
         "score": score,
         "n": len(samples),
+        **_partial_label(name, pairs, records),
         "metrics": {spec.primary_metric: score, **scored.metrics},
         "ci95": wilson_interval(correct, len(samples)),
         "ci_method": "wilson",
@@ -178,18 +249,37 @@ def score_benchmark(name: str, generations: list[dict], records: list[dict],
     }
 
 
+def score_files(name: str, generations: Path, data: Path | None, *, hub_id: str | None = None,
+                limit: int | None = None, allow_partial: bool = False, **opts: Any) -> dict:
+    """Score a generations file against benchmark data (a JSONL file, or the hub when None).
+
+    `limit`: only the first `limit` records are expected (the generate step's limit, which
+    decodes just those); None/0 expects all. Both files are read strictly (read_generations).
+    """
+    # exists(), not is_file(): a named pipe is a fine input (read as it is written)
+    if data is not None and not data.exists():
+        raise DataError(f"data file not found: {data}")
+    gens = read_generations(generations)
+    records = load_records(name, data, hub_id)
+    if limit:
+        records = records[:limit]
+    return score_benchmark(name, gens, records, allow_partial=allow_partial,
+                           source=str(generations), **opts)
+
+
 # ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
 def read_generations(path: Path) -> list[dict]:
-    """Generations JSONL; unlike the resumable reader this also accepts a final line without
-    a newline (hand-written files) and reports malformed lines instead of skipping them."""
-    if not path.is_file():
+    """Generations JSONL; unlike the resumable reader (fusionroute.io.iter_jsonl) this accepts
+    a complete final line without a newline (hand-written files) and reports a torn or
+    malformed line, or bytes that are not UTF-8, instead of skipping them."""
+    if not path.exists():
         raise ScoringError(f"generations file not found: {path}")
     try:
         return _read_jsonl(path)  # the same strict reader as the benchmark data
     except DataError as exc:
-        raise ScoringError(str(exc)) from None
+        raise ScoringInputError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -205,19 +295,20 @@ def _parser() -> argparse.ArgumentParser:
                         help="parallel sandboxes for code benchmarks (default: one per core)")
     parser.add_argument("--timeout", type=float, default=None, dest="timeout_s",
                         help="per-program wall-clock limit for code benchmarks, seconds")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="score even if some records have no generation (or a code "
+                             "completion is too long to run); scores.json is then labelled "
+                             "\"partial\": true with n_expected and missing_ids")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    opts = {k: v for k, v in (("workers", args.workers), ("timeout_s", args.timeout_s))
+            if v is not None}
     try:
-        if args.data is not None and not args.data.is_file():
-            raise DataError(f"data file not found: {args.data}")
-        generations = read_generations(args.generations)
-        records = load_records(args.benchmark, args.data, args.hub_id)
-        opts = {k: v for k, v in (("workers", args.workers), ("timeout_s", args.timeout_s))
-                if v is not None}
-        scores = score_benchmark(args.benchmark, generations, records, **opts)
+        scores = score_files(args.benchmark, args.generations, args.data, hub_id=args.hub_id,
+                             allow_partial=args.allow_partial, **opts)
     except (DataError, ScoringError) as exc:
         print(f"fusionroute-score: error: {exc}", file=sys.stderr)
         return 2
@@ -225,8 +316,9 @@ def main(argv: list[str] | None = None) -> int:
 
     write_json(args.out, scores)
     lo, hi = scores["ci95"]
+    partial = f", PARTIAL: {scores['n']} of {scores['n_expected']}" if scores.get("partial") else ""
     print(f"{args.benchmark}: {scores['metric']} = {scores['score']:.4f} "
-          f"(95% CI {lo:.4f}-{hi:.4f}, n={scores['n']}) -> {args.out}")
+          f"(95% CI {lo:.4f}-{hi:.4f}, n={scores['n']}{partial}) -> {args.out}")
     return 0
 
 

@@ -6,7 +6,6 @@ column within a family is bold.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ class Row:
     method: str  # display name
     scores: dict[str, float]  # benchmark -> score in [0, 1]
     note: str = ""  # e.g. cost, shown in the Markdown table only
+    stale: frozenset[str] = frozenset()  # benchmarks whose cell was made by code changed since: marked STALE_MARK
 
     @property
     def average(self) -> float:
@@ -41,9 +41,22 @@ def _best(rows: list[Row]) -> dict[str, float]:
     return best
 
 
-def _cell(value: float, best: float, bold: str) -> str:
+STALE_MARK = "\u2020"  # dagger: the cell's code changed since it was made (fusionroute.provenance)
+
+
+def _cell(value: float, best: float, bold: str, stale: bool = False, mark: str = STALE_MARK) -> str:
     text = f"{value:.2f}"
-    return bold.format(text) if round(value, 2) == round(best, 2) else text
+    text = bold.format(text) if round(value, 2) == round(best, 2) else text
+    return text + mark if stale else text
+
+
+def stale_note(rows: list[Row]) -> str:
+    """A footnote naming the marked cells ("" when none, so clean tables are unchanged)."""
+    cells = [f"{r.family}/{r.method}/{b}" for r in rows for b, _ in COLUMNS if b in r.stale]
+    if not cells:
+        return ""
+    return (f"{STALE_MARK} made by code that has changed since ({', '.join(cells)}); "
+            "`python -m fusionroute.provenance results/<world>` prints the command that reruns them.")
 
 
 def to_latex(rows: list[Row], caption: str, label: str) -> str:
@@ -64,10 +77,14 @@ def to_latex(rows: list[Row], caption: str, label: str) -> str:
         for group in dict.fromkeys(r.group for r in block):
             lines += [r"\midrule", rf"\multicolumn{{{len(COLUMNS) + 2}}}{{l}}{{\textbf{{{group}}}}} \\"]
             for row in (r for r in block if r.group == group):
-                cells = [_cell(row.scores[b], best[b], r"\textbf{{{}}}") for b, _ in COLUMNS]
+                cells = [_cell(row.scores[b], best[b], r"\textbf{{{}}}", b in row.stale, r"$^\dagger$")
+                         for b, _ in COLUMNS]
                 cells.append(_cell(row.average, best["avg"], r"\textbf{{{}}}"))
                 lines.append(" & ".join([_latex_escape(row.method), *cells]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if stale_note(rows):
+        lines.append(r"\par\footnotesize " + _latex_escape(stale_note(rows)).replace(STALE_MARK, r"$^\dagger$"))
+    lines += [r"\end{table}", ""]
     return "\n".join(lines)
 
 
@@ -79,9 +96,11 @@ def to_markdown(rows: list[Row]) -> str:
         block = [r for r in rows if r.family == family]
         best = _best(block)
         for row in block:
-            cells = [_cell(row.scores[b], best[b], "**{}**") for b, _ in COLUMNS] + [_cell(row.average, best["avg"], "**{}**")]
+            cells = [_cell(row.scores[b], best[b], "**{}**", b in row.stale) for b, _ in COLUMNS]
+            cells.append(_cell(row.average, best["avg"], "**{}**"))
             out.append("| " + " | ".join([family, row.method, *cells] + ([row.note] if with_note else [])) + " |")
-    return "\n".join(out) + "\n"
+    note = stale_note(rows)
+    return "\n".join(out) + "\n" + (f"\n{note}\n" if note else "")
 
 
 def _latex_escape(text: str) -> str:
@@ -91,18 +110,3 @@ def _latex_escape(text: str) -> str:
 def write_table(rows: list[Row], tex_path: str | Path, caption: str, label: str) -> None:
     atomic_write_text(tex_path, to_latex(rows, caption, label))
     atomic_write_text(Path(tex_path).with_suffix(".md"), to_markdown(rows))
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Render a table from a JSON spec: {"caption", "label", "rows": [{family, group, method, scores: {b: path}}]}."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("spec")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    spec = read_json(args.spec)
-    rows = [load_row(r["family"], r["group"], r["method"], r["scores"]) for r in spec["rows"]]
-    write_table(rows, args.out, spec["caption"], spec["label"])
-
-
-if __name__ == "__main__":
-    main()

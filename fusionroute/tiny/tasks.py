@@ -42,6 +42,7 @@ import hashlib
 import random
 from typing import Callable
 
+from fusionroute.eval.benchmarks import instruction_for
 from fusionroute.tiny import code_tasks, instruct_tasks, math_tasks
 
 BENCHMARKS = ("gsm8k", "math500", "mbpp", "humaneval", "ifeval")
@@ -87,23 +88,9 @@ def _draw(sampler: Callable, rng: random.Random, level: int | None, test: bool,
 
 
 # ---------------------------------------------------------------------------
-# instruction / response formatting (instruction_for in CONTRACTS.md)
+# instruction / response formatting (the instruction text is fusionroute.eval.benchmarks.instruction_for,
+# the one contract shared by training data and evaluation: docs/CONTRACTS.md)
 # ---------------------------------------------------------------------------
-def instruction_for(name: str, record: dict) -> str:
-    """Same text as fusionroute/eval/benchmarks.py instruction_for (CONTRACTS.md)."""
-    if name == "gsm8k":
-        return record["question"]
-    if name == "math500":
-        return record["problem"]
-    if name == "mbpp":
-        return f"{record['text']}{MBPP_TESTS_HEADER}" + "\n".join(record["test_list"])
-    if name == "humaneval":
-        return HUMANEVAL_HEADER + record["prompt"] + "```"
-    if name == "ifeval":
-        return record["prompt"]
-    raise ValueError(f"unknown benchmark {name!r}")
-
-
 def _fence(code: str) -> str:
     return "```python\n" + code.rstrip("\n") + "\n```"
 
@@ -144,7 +131,7 @@ def _sampler_for(name: str) -> Callable:
 # public API
 # ---------------------------------------------------------------------------
 def make_benchmark(name: str, n: int, seed: int, level: int | None = None) -> list[dict]:
-    """``n`` held-out test items in the real dataset's schema (CONTRACTS.md)."""
+    """``n`` held-out test items in the real dataset's schema (docs/CONTRACTS.md)."""
     return [rec for _, rec in benchmark_items(name, n, seed, level)]
 
 

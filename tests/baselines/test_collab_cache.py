@@ -44,9 +44,10 @@ def assert_same(ref, new, ref_trace, new_trace) -> None:
     for step_ref, step_new in zip(ref_trace, new_trace):
         assert len(step_new) == len(step_ref)
         for c_ref, c_new in zip(step_ref, step_new):
-            assert c_new["logprob"] == pytest.approx(c_ref["logprob"], abs=1e-4)
-            exact = {k: v for k, v in c_ref.items() if k != "logprob"}
-            assert {k: v for k, v in c_new.items() if k != "logprob"} == exact
+            for key in ("logprob", "kl"):  # cached and uncached forwards differ in the last bits
+                assert c_new[key] == pytest.approx(c_ref[key], abs=1e-4)
+            exact = {k: v for k, v in c_ref.items() if k not in ("logprob", "kl")}
+            assert {k: v for k, v in c_new.items() if k not in ("logprob", "kl")} == exact
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,6 +151,24 @@ def test_cached_matches_reference_on_random_llamas(llama_world, tokenizer, top_k
     if many_stops:  # rows finish at different steps (one before its first token)
         lengths = [len(o.token_ids) for o in new]
         assert len(set(lengths)) > 1 and min(lengths) < 8
+
+
+@pytest.mark.parametrize("alpha,many_stops", [(0.5, False), (2.0, True)])
+def test_cached_matches_reference_with_kl_term(llama_world, bigram_world, tokenizer, alpha, many_stops):
+    """The reference policy of the KL term rides in the engines as one more cached model: both
+    engines agree on it too (the trace's kl to float rounding)."""
+    experts, scorer = llama_world
+    stops = MANY_STOPS + (tokenizer.eos_token_id,) if many_stops else (tokenizer.eos_token_id,)
+    gen = Collab(experts[:2], tokenizer, scorer, CollabParams(top_k=2, lookahead=3, weight=0.0, alpha=alpha),
+                 vocab=_vocab(tokenizer, stops), reference=experts[2])
+    ref, new, ref_trace, new_trace = run_both(gen, PROMPTS, 8)
+    assert_same(ref, new, ref_trace, new_trace)
+    assert all(c["kl"] > 0 for step in new_trace for c in step)
+    assert any(out.token_ids for out in new)
+    bigrams, bigram_scorer = bigram_world
+    gen = Collab([bigrams["E0"], bigrams["E1"]], tokenizer, bigram_scorer,
+                 CollabParams(top_k=2, lookahead=2, weight=0.0, alpha=alpha), reference=bigrams["E3"])
+    assert_same(*run_both(gen, PROMPTS, 6))
 
 
 def test_cached_collab_reads_each_token_once(llama_world, tokenizer):

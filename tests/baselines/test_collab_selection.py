@@ -87,6 +87,33 @@ def test_collab_lookahead_and_weight(world, tokenizer):
     assert out.text == "c"
 
 
+def test_collab_defaults_are_the_papers():
+    """Collab Sec. 5: p = 10 tokens per agent, alpha = 1; no log-prob term in J (Sec. 3.4)."""
+    p = CollabParams()
+    assert (p.top_k, p.alpha, p.weight) == (10, 1.0, 0.0)
+
+
+def test_collab_kl_term_prefers_the_agent_closest_to_the_reference(world, tokenizer):
+    """J_j = Q_j - alpha * KL(pi_j || pi_ref): the KL is a per-agent offset. With pi_ref = E1,
+    E1's own KL is 0 and E3's is large, so a large alpha hands every step to E1."""
+    experts, _, _, scorer = world
+    pair = [experts["E3"], experts["E1"]]
+    reward_only = Collab(pair, tokenizer, scorer, CollabParams(top_k=2, lookahead=0, weight=0.0, alpha=100.0))
+    assert reward_only.generate(PROMPTS[:1], 4)[0].text == "7777"  # no reference: no KL term
+    gen = Collab(pair, tokenizer, scorer, CollabParams(top_k=2, lookahead=0, weight=0.0, alpha=100.0),
+                 reference=experts["E1"])
+    trace: list = []
+    out = gen.generate(PROMPTS[:1], 4, trace=trace)[0]
+    assert out.text == "c" and out.expert_ids == [1]
+    kl = {c["expert"]: c["kl"] for c in trace[0]}
+    assert kl[1] == pytest.approx(0.0, abs=1e-5) and kl[0] > 0.1
+    # one reference forward more per step: 2 proposals + 1 reference + 4 reward-model calls
+    assert out.extra["forwards_per_token"][0] == 2 + 1 + 4
+    small = Collab(pair, tokenizer, scorer, CollabParams(top_k=2, lookahead=0, weight=0.0, alpha=1e-6),
+                   reference=experts["E1"])
+    assert small.generate(PROMPTS[:1], 4)[0].text == "7777"  # the reward still decides when alpha is small
+
+
 def test_collab_forward_accounting_and_batching(world, tokenizer):
     experts, _, _, scorer = world
     pair = [experts["E0"], experts["E1"]]
@@ -121,6 +148,14 @@ def test_registered_builders_and_run_generation(world, tokenizer, tok_dir, tmp_p
     assert [o.extra["chosen_expert"] for o in outs] == [1, 1]
     with pytest.raises(ValueError, match="unknown params"):
         build_generator(MethodContext(kind="collab", inputs=inputs, params={"topk": 2}, tokenizer=str(tok_dir)))
+    # the optional reference policy of the KL term
+    ctx = MethodContext(kind="collab", inputs={"experts": [dirs["E3"], dirs["E1"]], "reward_model": rm_dir,
+                                               "reference": dirs["E1"]},
+                        params={"top_k": 2, "lookahead": 0, "weight": 0.0, "alpha": 100.0,
+                                "prompt_template": TEMPLATE}, tokenizer=str(tok_dir))
+    gen = build_generator(ctx)
+    assert gen.reference is not None and gen.params.alpha == 100.0
+    assert [o.text for o in gen.generate(PROMPTS, 4)] == ["c", "c"]
 
 
 def test_builder_refuses_experts_with_another_tokenizer(world, tmp_path, tokenizer):

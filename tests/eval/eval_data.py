@@ -1,4 +1,4 @@
-"""Small benchmark fixtures in the real Hugging Face schemas (CONTRACTS.md), shared by the
+"""Small benchmark fixtures in the real Hugging Face schemas (docs/CONTRACTS.md), shared by the
 eval tests. Tests write them to tmp_path as JSONL, exactly what `--data` expects."""
 from __future__ import annotations
 

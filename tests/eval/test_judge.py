@@ -5,7 +5,6 @@ answers are chosen by inspecting each request (question and which answer is Assi
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -313,30 +312,61 @@ def test_duplicate_ids_and_missing_fields_rejected():
 # Offline verifier judge
 # ------------------------------------------------------------------------------------------------
 
-def exact_match_scorer(benchmark, generations, records):
-    """A small real scorer with the score_benchmark call shape (used until/besides the real one)."""
-    record, gen = records[0], generations[0]
-    if benchmark == "toy_ifeval":
-        followed = [word in gen["completion"] for word in record["must_contain"]]
-        return {"samples": [{"id": gen["id"], "correct": all(followed),
-                             "instructions_followed": followed}]}
-    return {"samples": [{"id": gen["id"],
-                         "correct": gen["completion"].strip() == record["answer"]}]}
+# A real IFEval record (the HF dataset's schema) with four instructions whose checkers are
+# deterministic; the answers below follow 4, 3, 2, 1 and 0 of them in strict mode.
+IFEVAL_RECORD = {
+    "id": "7", "key": 7,
+    "prompt": "Describe a sunny day. Your entire response should be in English, and in all lowercase "
+              "letters. Do not use any commas. Include the keywords red and blue. Wrap your entire "
+              "response with a title in double angular brackets, i.e. <<title>>.",
+    "instruction_id_list": ["change_case:english_lowercase", "punctuation:no_comma",
+                            "keywords:existence", "detectable_format:title"],
+    "kwargs": [{}, {}, {"keywords": ["red", "blue"]}, {}],
+}
+IFEVAL_ANSWERS = {  # answer -> instructions followed (of 4)
+    "<<a sunny day>>\nthe red sun rises over the blue sea and the day is warm": 4,
+    "<<a sunny day>>\nthe red sun rises, the blue sea shines": 3,        # comma
+    "the sun is red and the sea is blue, warm": 2,                      # comma, no title
+    "The Sun Is Red, The Sea Is Blue": 1,                               # only the keywords
+    "Nothing, At All": 0,
+}
+GSM8K_RECORD = {"id": "0", "question": "Tom has 3 apples and buys 4 more. How many?",
+                "answer": "3 + 4 = 7\n#### 7"}
+
+
+def test_real_ifeval_scorer_writes_what_partial_credit_reads():
+    """The seam: the judge's fraction comes from the fields the real IFEval scorer writes."""
+    from fusionroute.eval.scoring import score_benchmark
+
+    for answer, followed in IFEVAL_ANSWERS.items():
+        sample = score_benchmark("ifeval", [{"id": "7", "completion": answer}],
+                                 [IFEVAL_RECORD])["samples"][0]
+        assert len(sample["failed_instructions"]) == 4 - followed, (answer, sample)
+        assert J._instruction_fraction(sample) == followed / 4
+    gsm8k = score_benchmark("gsm8k", [{"id": "0", "completion": "The answer is: 8"}],
+                            [GSM8K_RECORD])["samples"][0]
+    assert J._instruction_fraction(gsm8k) is None
 
 
 def test_verifier_judge_protocol_and_partial_credit(tmp_path):
-    judge = J.VerifierJudge(score_fn=exact_match_scorer)
-    ref = {"benchmark": "toy", "record": {"id": "1", "answer": "42"}}
-    text = judge.respond(J.JudgeRequest(prompt="p", question="q", answer1="41", answer2="42",
+    """Real scorers throughout: gsm8k items score 10 or 1; an incorrect IFEval answer scores
+    1 + 9 * fraction of its instructions followed (0.25 grid), unless partial credit is off."""
+    judge = J.VerifierJudge()
+    ref = {"benchmark": "gsm8k", "record": GSM8K_RECORD}
+    right, wrong = "3 + 4 = 7.\nThe answer is: 7", "3 + 4 = 8.\nThe answer is: 8"
+    text = judge.respond(J.JudgeRequest(prompt="p", question="q", answer1=wrong, answer2=right,
                                         reference=ref))
     assert J.parse_scores(text) == (1.0, 10.0)
-    ifref = {"benchmark": "toy_ifeval", "record": {"must_contain": ["red", "blue", "green", "x"]}}
+    ifref = {"benchmark": "ifeval", "record": IFEVAL_RECORD}
+    three, one = list(IFEVAL_ANSWERS)[1], list(IFEVAL_ANSWERS)[3]
+    assert [judge.score_answer(a, ifref)[0] for a in IFEVAL_ANSWERS] == [10.0, 7.75, 5.5, 3.25, 1.0]
+    assert judge.score_answer(three, ifref)[1] == "0.75 of instructions followed"
     items = [
-        {"id": "w", "question": "q", "answer_a": "42", "answer_b": "41", "reference": ref},
-        {"id": "l", "question": "q", "answer_a": "0", "answer_b": "42", "reference": ref},
-        {"id": "t", "question": "q", "answer_a": "1", "answer_b": "2", "reference": ref},
-        {"id": "p", "question": "q", "answer_a": "red blue green", "answer_b": "red",
-         "reference": ifref},
+        {"id": "w", "question": "q", "answer_a": right, "answer_b": wrong, "reference": ref},
+        {"id": "l", "question": "q", "answer_a": wrong, "answer_b": right, "reference": ref},
+        {"id": "t", "question": "q", "answer_a": wrong, "answer_b": "The answer is: 9",
+         "reference": ref},
+        {"id": "p", "question": "q", "answer_a": three, "answer_b": one, "reference": ifref},
     ]
     res = J.judge_pairs(judge, items, out_path=tmp_path / "v.json", workers=2)
     verdicts = {r["id"]: r["verdict"] for r in res["items"]}
@@ -348,24 +378,19 @@ def test_verifier_judge_protocol_and_partial_credit(tmp_path):
     assert res["assistant1_preferred"] == pytest.approx(0.375)  # 3 of 8 judgements, no bias
     with pytest.raises(J.JudgeError):
         judge.respond(J.JudgeRequest(prompt="p", question="q", answer1="a", answer2="b"))
-
-
-def _scoring():
-    try:
-        return importlib.import_module("fusionroute.eval.scoring")
-    except ImportError:
-        pytest.skip("fusionroute.eval.scoring not available yet")
+    # partial_credit: false (the config's judge.verifier.partial_credit): both IFEval answers
+    # are simply incorrect, so the pair ties; the setting is part of the settings hash.
+    strict = J.make_judge({"backend": "verifier", "partial_credit": False})
+    assert [strict.score_answer(a, ifref)[0] for a in (three, one)] == [1.0, 1.0]
+    res_strict = J.judge_pairs(strict, items[3:])
+    assert res_strict["items"][0]["verdict"] == "tie"
+    assert res_strict["settings_hash"] != res["settings_hash"]
 
 
 def test_verifier_judge_with_real_gsm8k_scorer():
-    scoring = _scoring()
-    if not hasattr(scoring, "score_benchmark"):
-        pytest.skip("score_benchmark not available yet")
-    record = {"id": "0", "question": "Tom has 3 apples and buys 4 more. How many?",
-              "answer": "3 + 4 = 7\n#### 7"}
     judge = J.VerifierJudge()
-    items = [{"id": "0", "question": record["question"], "reference": {"benchmark": "gsm8k",
-                                                                       "record": record},
+    items = [{"id": "0", "question": GSM8K_RECORD["question"],
+              "reference": {"benchmark": "gsm8k", "record": GSM8K_RECORD},
               "answer_a": "3 + 4 = 7.\nThe answer is: 7", "answer_b": "3 + 4 = 8.\nThe answer is: 8"}]
     res = J.judge_pairs(judge, items)
     assert res["items"][0]["verdict"] == "win"
@@ -373,9 +398,6 @@ def test_verifier_judge_with_real_gsm8k_scorer():
 
 
 def test_verifier_judge_with_real_ifeval_scorer():
-    scoring = _scoring()
-    if not hasattr(scoring, "score_benchmark"):
-        pytest.skip("score_benchmark not available yet")
     record = {"id": "1", "key": 1, "prompt": "Write about cats. Answer in all lowercase letters "
               "and do not use any commas.",
               "instruction_id_list": ["change_case:english_lowercase", "punctuation:no_comma"],
@@ -385,11 +407,7 @@ def test_verifier_judge_with_real_ifeval_scorer():
     half = "cats are small, and they sleep a lot"  # lowercase but has a comma
     bad = "Cats Are Small, And They Sleep A Lot"
     ref = {"benchmark": "ifeval", "record": record}
-    s_good, _ = judge.score_answer(good, ref)
-    s_half, _ = judge.score_answer(half, ref)
-    s_bad, _ = judge.score_answer(bad, ref)
-    assert s_good == 10.0 and s_bad == 1.0
-    assert s_half in (1.0, 5.5)  # 5.5 where the scorer reports per-instruction results
+    assert [judge.score_answer(a, ref)[0] for a in (good, half, bad)] == [10.0, 5.5, 1.0]
 
 
 def test_resume_after_sigkill(env, tmp_path):

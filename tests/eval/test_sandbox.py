@@ -338,3 +338,25 @@ def test_forced_minimal_mode(monkeypatch):
     finally:
         monkeypatch.delenv("FUSIONROUTE_SANDBOX")
         detect_isolation.cache_clear()
+
+
+def test_child_program_is_a_module_run_by_path():
+    """The child ("init") is fusionroute/eval/sandbox_child.py, run by path with -I -S: importable
+    by tests, stdlib only, and nothing runs on import."""
+    import ast
+    import subprocess
+    import sys
+
+    from fusionroute.eval import sandbox_child
+
+    assert sandbox.CHILD_PROGRAM == Path(sandbox_child.__file__)
+    assert sandbox._BOOTSTRAP_FAILED == sandbox_child.BOOTSTRAP_FAILED
+    imported = {alias.name.split(".")[0] for node in ast.walk(ast.parse(sandbox.CHILD_PROGRAM.read_text()))
+                if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in getattr(node, "names", [])
+                if isinstance(node, ast.Import)}
+    assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+    assert sandbox_child.exit_code_of(0) == 0 and sandbox_child.exit_code_of(1 << 8) == 1
+    # a malformed config fails in the bootstrap with its own status, before any program runs
+    proc = subprocess.run([sys.executable, "-I", "-S", str(sandbox.CHILD_PROGRAM), "{"], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == sandbox_child.BOOTSTRAP_FAILED and "sandbox bootstrap failed" in proc.stderr

@@ -10,7 +10,7 @@ import pytest
 
 from eval_data import GSM8K, IFEVAL, MATH500, MBPP, write_jsonl
 from fusionroute.eval.benchmarks import load_records
-from fusionroute.eval.scoring import main, score_benchmark, wilson_interval
+from fusionroute.eval.scoring import ScoringInputError, main, score_benchmark, wilson_interval
 
 CLI = [sys.executable, "-c", "import sys; from fusionroute.eval.scoring import main; "
                              "sys.exit(main())"]
@@ -133,11 +133,14 @@ def test_ifeval_scores(tmp_path):
     assert scores["metrics"]["prompt_level_loose_acc"] == 1.0
 
 
-def test_subset_of_ids_is_fine_and_order_follows_generations(tmp_path):
+def test_subset_of_ids_only_when_partial_and_order_follows_generations(tmp_path):
     records = load_records("gsm8k", write_jsonl(tmp_path / "g.jsonl", GSM8K))
-    scores = score_benchmark("gsm8k", [{"id": "2", "completion": "3"},
-                                       {"id": 0, "completion": "72"}], records)
+    gens = [{"id": "2", "completion": "3"}, {"id": 0, "completion": "72"}]
+    with pytest.raises(ScoringInputError, match="2 of 4 gsm8k records have no generation"):
+        score_benchmark("gsm8k", gens, records)
+    scores = score_benchmark("gsm8k", gens, records, allow_partial=True)
     assert [s["id"] for s in scores["samples"]] == ["2", "0"] and scores["score"] == 1.0
+    assert scores["partial"] is True and scores["missing_ids"] == ["1", "3"]
 
 
 @pytest.mark.parametrize("args,message", [
@@ -180,11 +183,12 @@ def test_cli_unknown_benchmark_is_a_usage_error(tmp_path):
 def test_final_line_without_newline_is_read(tmp_path):
     data = write_jsonl(tmp_path / "data.jsonl", GSM8K)
     gens = tmp_path / "g.jsonl"
-    gens.write_text('{"id": "0", "completion": "72"}\n{"id": "1", "completion": "10"}')
+    gens.write_text('{"id": "0", "completion": "72"}\n{"id": "1", "completion": "10"}\n'
+                    '{"id": "2", "completion": "3"}\n{"id": "3", "completion": "14400"}')
     out = tmp_path / "o.json"
     assert main(["--benchmark", "gsm8k", "--generations", str(gens), "--data", str(data),
                  "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["n"] == 2
+    assert json.loads(out.read_text())["n"] == 4
 
 
 def test_scoring_does_not_import_torch():

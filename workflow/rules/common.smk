@@ -92,37 +92,29 @@ def model_inputs(family, refs):
 
 
 # ---- methods: the rows of the tables --------------------------------------------------------------
+# The catalogue is data (config/methods.yaml, fusionroute/catalog.py); checked here, at parse time,
+# with the config's custom_methods and every table/figure row, so a bad entry stops before any job.
+import os
+import sys
+
+from snakemake.exceptions import WorkflowError
+
+if workflow.basedir not in sys.path:  # the package lives beside the Snakefile
+    sys.path.insert(0, workflow.basedir)
+from fusionroute.catalog import CatalogError, check_config, family_methods, load_catalog
+
+try:
+    CATALOG = load_catalog(os.path.join(workflow.basedir, "config", "methods.yaml"),
+                           extra_kinds=config.get("method_kinds"))
+    check_config(config, CATALOG)
+    METHODS = {family: family_methods(CATALOG, config, family) for family in FAMILIES}
+except CatalogError as err:
+    raise WorkflowError(f"method catalogue: {err}") from None
+
+
 def method_catalog(family):
-    """name -> {kind, models, params, label, group}. Experts are single-model methods named
-    after the expert; users add methods under `custom_methods` in the config."""
-    catalog = {
-        name: {"kind": "single", "models": {"model": name}, "params": {},
-               "label": f"{name.capitalize()} Expert", "group": "Expert Models"}
-        for name in experts(family)
-    }
-    catalog.update({
-        "sequence_selection": {"kind": "sequence_selection", "models": {"experts": "experts", "reward_model": "reward_model"},
-                               "params": {}, "label": "Sequence Selection", "group": "Collaboration Approaches"},
-        "collab": {"kind": "collab", "models": {"experts": "experts", "reward_model": "reward_model"},
-                   "params": {k: v for k, v in config["collab"].items() if k != "limit"}, "label": "Collab", "group": "Collaboration Approaches"},
-        "finetuned": {"kind": "single", "models": {"model": "finetuned"}, "params": {},
-                      "label": "Fine-tuned Model", "group": "Collaboration Approaches"},
-        "dare": {"kind": "single", "models": {"model": "merge:dare"}, "params": {},
-                 "label": "DARE", "group": "Collaboration Approaches"},
-        "task_arithmetic": {"kind": "single", "models": {"model": "merge:task_arithmetic"}, "params": {},
-                            "label": "TaskArithmetic", "group": "Collaboration Approaches"},
-        "fusionroute": {"kind": "fusionroute", "models": {"router": "router", "experts": "experts"},
-                        "params": {"use_complementary": True}, "label": "FusionRoute", "group": "Ours"},
-        "fusionroute_routing_only": {"kind": "fusionroute", "models": {"router": "router_sft", "experts": "experts"},
-                                     "params": {"use_complementary": False},
-                                     "label": "FusionRoute w/o complementary logits", "group": "Ablation"},
-        "base": {"kind": "single", "models": {"model": "base"}, "params": {}, "label": "Base", "group": "Ablation"},
-        "fusionroute_sft": {"kind": "fusionroute", "models": {"router": "router_sft", "experts": "experts"},
-                            "params": {"use_complementary": True}, "label": "FusionRoute (SFT only)", "group": "Ablation"},
-    })
-    for name, spec in config.get("custom_methods", {}).items():
-        catalog[name] = {"params": {}, "group": "Other", "label": name, **spec}
-    return catalog
+    """name -> {kind, models, params, label, group, module}."""
+    return METHODS[family]
 
 
 def method(family, name):

@@ -38,10 +38,14 @@ def generate_params(w):
         "kind": spec["kind"],
         "models": models_param(w.family, spec["models"]),
         "method_params": spec["params"],
+        # a config's own kind (method_kinds): the module the step imports to register it
+        **({"module": spec["module"]} if spec["kind"] in config.get("method_kinds", {}) else {}),
         "prompt_template": FAMILIES[w.family].get("prompt_template", config["prompt_template"]),
         "batch_size": GEN["batch_size"],
         "max_new_tokens": benchmark_spec(w.benchmark).get("max_new_tokens", GEN["max_new_tokens"]),
         "limit": benchmark_limit(w.method, w.benchmark, w.family),
+        # only when set, so that configs without it keep their settings (and outputs) unchanged
+        **({"max_prompt_tokens": GEN["max_prompt_tokens"]} if GEN.get("max_prompt_tokens") else {}),
     }
 
 
@@ -68,6 +72,7 @@ rule generate:
 rule score:
     input:
         generations=f"{RESULTS}/{{family}}/{{method}}/{{benchmark}}/generations.jsonl",
+        settings=f"{RESULTS}/{{family}}/{{method}}/{{benchmark}}/settings.json",  # its `limit`: the records to expect
         data=f"{RESULTS}/data/{{benchmark}}.jsonl",
     output:
         scores=f"{RESULTS}/{{family}}/{{method}}/{{benchmark}}/scores.json",

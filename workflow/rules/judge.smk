@@ -109,8 +109,8 @@ rule fig3:
     input:
         **figure_rule_inputs("fig3"),
     output:
-        pdf="results/fig3.pdf",
-        png="results/fig3.png",
+        pdf=f"{RESULTS}/fig3.pdf",
+        png=f"{RESULTS}/fig3.png",
     params:
         step="figure",
         kind="fig3",
@@ -128,8 +128,8 @@ rule fig4:
     input:
         **figure_rule_inputs("fig4"),
     output:
-        pdf="results/fig4.pdf",
-        png="results/fig4.png",
+        pdf=f"{RESULTS}/fig4.pdf",
+        png=f"{RESULTS}/fig4.png",
     params:
         step="figure",
         kind="fig4",

@@ -1,4 +1,5 @@
 # Tables and summaries: they read scores.json (and generations.jsonl for costs/routing) only.
+import shutil
 TABLES = config["tables"]
 
 
@@ -41,8 +42,8 @@ rule table1:
     input:
         table_inputs(TABLES["table1"], with_cost=True),
     output:
-        tex="results/table1.tex",
-        md="results/table1.md",
+        tex=f"{RESULTS}/table1.tex",
+        md=f"{RESULTS}/table1.md",
     params:
         step="table",
         rows=table_rows(TABLES["table1"], with_cost=True),
@@ -58,8 +59,8 @@ rule table2:
     input:
         table_inputs(TABLES["table2"]),
     output:
-        tex="results/table2.tex",
-        md="results/table2.md",
+        tex=f"{RESULTS}/table2.tex",
+        md=f"{RESULTS}/table2.md",
     params:
         step="table",
         rows=table_rows(TABLES["table2"]),
@@ -86,3 +87,40 @@ rule routing_summary:
         f"logs/{WORLD}/routing_summary.log",
     script:
         "../scripts/step.py"
+
+
+# Each world keeps its tables and figures in results/<world>/; results/table1.tex (the README's
+# target) and its siblings are copies of the world this run builds. `world` is a param so that
+# switching worlds recopies even when the other world's files are older.
+rule publish_table:
+    input:
+        tex=f"{RESULTS}/{{name}}.tex",
+        md=f"{RESULTS}/{{name}}.md",
+    output:
+        tex="results/{name}.tex",
+        md="results/{name}.md",
+    wildcard_constraints:
+        name="table1|table2",
+    params:
+        world=WORLD,
+    localrule: True
+    run:
+        for key in ("tex", "md"):
+            shutil.copyfile(input[key], output[key])
+
+
+rule publish_figure:
+    input:
+        pdf=f"{RESULTS}/{{name}}.pdf",
+        png=f"{RESULTS}/{{name}}.png",
+    output:
+        pdf="results/{name}.pdf",
+        png="results/{name}.png",
+    wildcard_constraints:
+        name="fig3|fig4",
+    params:
+        world=WORLD,
+    localrule: True
+    run:
+        for key in ("pdf", "png"):
+            shutil.copyfile(input[key], output[key])

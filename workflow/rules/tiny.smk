@@ -1,6 +1,9 @@
-# The tiny world: synthetic data, tokenizer, base model and experts, all built locally.
+# The tiny world: synthetic data, tokenizer, and the paper's model lineage at small scale, all built
+# locally: a pretrained model -> a generalist instruct model (SFT on a mix of every domain; the
+# family's `base`, as Llama-3.1-8B-Instruct is the paper's) -> three experts fine-tuned from it (as
+# MergeBench's experts are from the instruct model). Merges take their task vectors over `base`.
 TINY = config.get("tiny", {})
-TINY_DATA = ["pretrain", "sft_math", "sft_code", "sft_instruct", "sft_mix", "preferences"]
+TINY_DATA = ["pretrain", "sft_generalist", "sft_math", "sft_code", "sft_instruct", "sft_mix", "preferences"]
 
 
 rule tiny_data:
@@ -40,19 +43,41 @@ rule tiny_base:
         tokenizer=f"{BUILD}/tokenizer",
         pretrain=f"{BUILD}/data/pretrain.jsonl",
     output:
-        model=directory(f"{BUILD}/{{family}}/base"),
-        log=f"{BUILD}/{{family}}/logs/base.json",
+        model=directory(f"{BUILD}/{{family}}/pretrained"),
+        log=f"{BUILD}/{{family}}/logs/pretrained.json",
     params:
         common=lambda w: COMMON,
         architecture=TINY.get("architecture"),
         optim=TINY.get("pretrain"),
         block_size=TINY.get("block_size"),
         max_positions=config["max_len"] + config["generation"]["max_new_tokens"] + 64,
-    threads: workflow.cores  # alone on the critical path: take every core
+    threads: 256  # alone on the critical path: every core (Snakemake scales threads down to --cores)
     log:
         f"logs/{WORLD}/{{family}}/tiny_base.log",
     benchmark:
         f"benchmarks/{WORLD}/{{family}}/tiny_base.tsv"
+    script:
+        "../scripts/step.py"
+
+
+rule tiny_generalist:
+    input:
+        pretrained=f"{BUILD}/{{family}}/pretrained",
+        data=f"{BUILD}/data/sft_generalist.jsonl",
+    output:
+        model=directory(f"{BUILD}/{{family}}/base"),
+        log=f"{BUILD}/{{family}}/logs/base.json",
+    params:
+        step="finetune_lm",
+        common=lambda w: COMMON,
+        models=lambda w: {"tokenizer": f"{BUILD}/tokenizer", "init": f"{BUILD}/{w.family}/pretrained"},
+        optim=TINY.get("generalist"),
+        desc="generalist instruct model",
+    threads: 256  # alone on the critical path: every core (Snakemake scales threads down to --cores)
+    log:
+        f"logs/{WORLD}/{{family}}/tiny_generalist.log",
+    benchmark:
+        f"benchmarks/{WORLD}/{{family}}/tiny_generalist.tsv"
     script:
         "../scripts/step.py"
 

@@ -1,4 +1,4 @@
-"""Run the workflow step named like the rule (fusionroute.pipeline), logging to the rule's log.
+"""Run the workflow step named like the rule (registered in fusionroute.steps), logging to the rule's log.
 
 On one machine the job goes to a warm step server that has torch and transformers imported
 already (fusionroute/warm.py); under SLURM, or with FUSIONROUTE_WARM=0, it runs in this process."""
