@@ -122,6 +122,48 @@ def batch_indices(
         produced += 1
 
 
+def mixed_batch_indices(
+    sizes: Sequence[int], batch_size: int, steps: int, seed: int, lengths: Sequence[Sequence[int]], group: int = 32
+) -> Iterator[list[int]]:
+    """`steps` batches over several kinds of samples (mix training: SFT samples and preference
+    pairs), each batch holding every kind in proportion to its size, drawn at random within each
+    kind (Algorithm 1 mixes at random). Indices run over the kinds in order (kind 0's first).
+
+    Length grouping stays within each kind: each kind's window of `group` batches is sorted by
+    length and its k-th shortest slice joins the other kinds' k-th shortest slices, so a batch's
+    rows are of similar length (padding is wasted compute) whatever the kinds' lengths; the order
+    of the batches is shuffled again.
+    """
+    kinds = [k for k, n in enumerate(sizes) if n]
+    if not kinds:
+        raise ValueError("cannot draw batches from an empty dataset")
+    total = sum(sizes)
+    share = {k: max(1, round(batch_size * sizes[k] / total)) for k in kinds}
+    while sum(share.values()) > batch_size:  # rounding up every kind can overshoot a small batch
+        share[max(share, key=share.get)] -= 1
+    share[kinds[0]] += batch_size - sum(share.values())
+    offset = {k: sum(sizes[:k]) for k in kinds}
+    generator = torch.Generator().manual_seed(seed)
+    order: dict[int, list[int]] = {k: [] for k in kinds}
+    pending: list[list[int]] = []
+    produced = 0
+    while produced < steps:
+        if not pending:
+            slices = []
+            for k in kinds:
+                need = share[k] * group
+                while len(order[k]) < need:
+                    order[k].extend(torch.randperm(sizes[k], generator=generator).tolist())
+                window, order[k] = order[k][:need], order[k][need:]
+                window.sort(key=lambda i, k=k: lengths[k][i])
+                slices.append([[offset[k] + i for i in window[j * share[k] : (j + 1) * share[k]]] for j in range(group)])
+            batches = [sum((slices[m][j] for m in range(len(kinds))), []) for j in range(group)]
+            perm = torch.randperm(group, generator=generator).tolist()
+            pending = [batches[j] for j in perm]
+        yield pending.pop(0)
+        produced += 1
+
+
 def pack_texts(encoded: Sequence[Encoded], block: int) -> list[Encoded]:
     """Concatenate pretraining sequences and cut them into full `block`-token pieces (no padding)."""
     stream = [t for enc in encoded for t in enc.input_ids]

@@ -43,7 +43,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from fusionroute import scaling
-from fusionroute.data import IGNORE, Encoded, batch_indices, collate
+from fusionroute.data import IGNORE, Encoded, batch_indices, collate, mixed_batch_indices
 from fusionroute.features import scatter_to_positions
 from fusionroute.losses import (
     cdpo_bias,
@@ -484,10 +484,12 @@ def mix_train(
     routing = RoutingConfig(lam=mix.lam, reading=mix.reading)
     policy.train()
     pool = [("sft", i) for i in range(len(sft))] + [("pref", j) for j in range(len(pairs))]
-    # Algorithm 1 draws every batch at random from the mixture, so SFT samples and pairs share
-    # batches in proportion; grouping by length (as the SFT phase does against padding) would give
-    # many batches of one kind only, since pairs are two rows and longer.
-    schedule = list(batch_indices(len(pool), cfg.batch_size, cfg.steps, cfg.seed))
+    # Algorithm 1 draws every batch at random from the mixture: SFT samples and pairs share every
+    # batch in proportion (grouping the whole pool by length would give batches of one kind only,
+    # pairs being longer); length grouping stays within each kind, against padding.
+    schedule = list(mixed_batch_indices(
+        [len(sft), len(pairs)], cfg.batch_size, cfg.steps, cfg.seed,
+        [_lengths(sft), [max(len(p.chosen.input_ids), len(p.rejected.input_ids)) for p in pairs]]))
 
     def rows_of(k: int) -> tuple[int, ...]:
         kind, i = pool[k]

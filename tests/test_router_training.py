@@ -303,3 +303,22 @@ def test_mix_batches_draw_sft_samples_and_pairs_at_random(tokenizer):
                     MixConfig(), tokenizer.pad_token_id, "mix").log
     both = sum("sft_lm_loss" in row and "rewards_margin" in row for row in log)
     assert both >= 10, [sorted(k for k in row if k in ("sft_lm_loss", "rewards_margin")) for row in log]
+
+
+def test_mixed_batches_hold_every_kind_in_proportion_and_group_lengths_within_kinds():
+    from collections import Counter
+
+    from fusionroute.data import mixed_batch_indices
+
+    sft_lengths = [10 + (7 * i) % 90 for i in range(300)]
+    pair_lengths = [40 + (11 * i) % 200 for i in range(100)]
+    batches = list(mixed_batch_indices([300, 100], 16, 50, 0, [sft_lengths, pair_lengths], group=8))
+    assert all(len(b) == 16 and sum(i < 300 for i in b) == 12 for b in batches)  # 3:1, every batch
+    seen = Counter(i for b in batches for i in b)
+    assert set(seen) <= set(range(400)) and max(seen.values()) - min(seen.values()) <= 1 + 1
+    # within a kind, a batch's lengths are close (sorted windows), unlike a random draw
+    spread = [max(sft_lengths[i] for i in b if i < 300) - min(sft_lengths[i] for i in b if i < 300) for b in batches]
+    assert sum(spread) / len(spread) < 30
+    assert batches == list(mixed_batch_indices([300, 100], 16, 50, 0, [sft_lengths, pair_lengths], group=8))
+    assert list(mixed_batch_indices([0, 5], 4, 2, 0, [[], [1] * 5])) and \
+        all(i >= 0 for b in mixed_batch_indices([0, 5], 4, 2, 0, [[], [1] * 5]) for i in b)
