@@ -171,6 +171,10 @@ def sft_loss_from_output(
                                                         else own_informative)}
 
 
+SFT_METRICS = ("lm_loss", "routing_loss", "informative_share")
+PREFERENCE_METRICS = ("pref_loss", "rewards_chosen", "rewards_rejected", "rewards_margin", "rewards_accuracy")
+
+
 def record_sft_metrics(metrics: StepMetrics | None, parts: dict[str, float], prefix: str = "") -> None:
     """Eq. 3's parts for the step's log: LM loss per trained token, routing loss per informative
     position, and the share of trained positions that are informative (experts disagree)."""
@@ -217,7 +221,7 @@ def train_router_sft(
     router.train()
     schedule = list(batch_indices(len(encoded), cfg.batch_size, cfg.steps, cfg.seed, _lengths(encoded)))
 
-    metrics = StepMetrics()
+    metrics = StepMetrics(SFT_METRICS)
 
     def loss_of(rows: list[int], live: dict[str, nn.Module], denominators=None) -> torch.Tensor:
         batch = _to(collate([encoded[i] for i in rows], pad_token_id), _device(live["router"]))
@@ -497,7 +501,8 @@ def mix_train(
             return (len(sft[i].input_ids),)
         return (len(pairs[i].chosen.input_ids), len(pairs[i].rejected.input_ids))
 
-    metrics = StepMetrics()
+    metrics = StepMetrics([*(("sft_" + m for m in SFT_METRICS) if is_router else ["sft_lm_loss"]),
+                           *PREFERENCE_METRICS, *(["cdpo_bias"] if is_router else [])])
 
     def rows_loss(rows_idx: list[int], live: dict[str, nn.Module], counts: tuple[int, int, int] | None = None):
         # One forward over SFT rows, chosen rows and rejected rows together: every process then

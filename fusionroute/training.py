@@ -212,13 +212,20 @@ class StepMetrics:
     """What a trainer's loss functions report about one optimiser step, beside the loss: each
     entry a ratio of sums (numerator, denominator), so pieces and micro-batches of any size add up
     exactly (e.g. the LM loss is summed token NLL over trained tokens). `train_loop` reads and
-    resets it after every step and writes the ratios into the step's log row."""
+    resets it after every step and writes the ratios into the step's log row.
 
-    def __init__(self) -> None:
-        self._sums: dict[str, list[float]] = {}
+    The names are declared up front: under several processes every one of them is summed across
+    processes in the same order every step, whether or not this process's share of the batch
+    produced it (one rank may hold only SFT samples, another only pairs)."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = tuple(sorted(set(names)))
+        self._sums: dict[str, list[float]] = {name: [0.0, 0.0] for name in self.names}
 
     def add(self, name: str, numerator: float, denominator: float) -> None:
-        pair = self._sums.setdefault(name, [0.0, 0.0])
+        if name not in self._sums:
+            raise KeyError(f"metric {name!r} was not declared; declared: {self.names}")
+        pair = self._sums[name]
         pair[0] += float(numerator)
         pair[1] += float(denominator)
 
@@ -226,11 +233,11 @@ class StepMetrics:
         """The step's ratios (summed over processes), then start afresh. A metric whose
         denominator is 0 this step (e.g. no preference pair in the batch) is left out."""
         out = {}
-        for name in sorted(self._sums):
+        for name in self.names:
             num, den = (scaling.sum_across_processes(v) for v in self._sums[name])
             if den:
                 out[name] = num / den
-        self._sums = {}
+        self._sums = {name: [0.0, 0.0] for name in self.names}
         return out
 
 
