@@ -134,7 +134,7 @@ def _fake_features(encoded, n_experts=3, seed=0):
 
 def _assert_same_update(a, b, atol=1e-6):
     for (name, x), y in zip(a.named_parameters(), b.parameters()):
-        assert torch.allclose(x, y, atol=atol, rtol=0), name
+        assert torch.allclose(x, y, atol=atol, rtol=0), (name, float((x - y).abs().max()), float(x.abs().max()))
 
 
 def test_token_budget_pieces_and_equal_counts():
@@ -191,7 +191,10 @@ def test_token_budget_gives_the_unbudgeted_update(tokenizer):
         log = mix_train(policies[1], data, sft_feats, pairs, frozen, OptimConfig(**mix, max_tokens_per_micro_batch=budget),
                         MixConfig(), tokenizer.pad_token_id, "c").log
         assert log[-1]["forwards"] > 3
-        _assert_same_update(*policies)
+        # every micro-batch mixes SFT rows and pairs, so pieces sum their gradients in another
+        # order: float32 noise of ~2e-6 after three AdamW steps of 5e-3 (a wrong denominator or a
+        # dropped row moves weights by ~1e-3)
+        _assert_same_update(*policies, atol=1e-5)
 
 
 def test_token_budget_needs_a_trainer_that_gives_lengths(tokenizer):
