@@ -107,7 +107,8 @@ def family_methods(catalog: dict, config: dict, family: str) -> dict[str, dict]:
     for name, spec in catalog["methods"].items():
         out[name] = {"kind": spec["kind"], "models": dict(spec["models"]), "params": _params(spec, config),
                      "label": spec.get("label", name), "group": spec.get("group", "Other")}
-    method_schema = {**_schema()["definitions"]["method"], "definitions": _schema()["definitions"]}
+    definitions = _schema()["definitions"]
+    method_schema = {**definitions["method"], "definitions": definitions}
     for name, spec in (config.get("custom_methods") or {}).items():
         where = f"custom_methods.{name}"
         if not isinstance(spec, dict):
@@ -126,9 +127,11 @@ def family_methods(catalog: dict, config: dict, family: str) -> dict[str, dict]:
     return out
 
 
-def check_config(config: dict, catalog: dict) -> None:
-    """Everything the config names: each family's methods, and every table and figure row."""
+def check_config(config: dict, catalog: dict) -> dict[str, dict[str, dict]]:
+    """Everything the config names: each family's methods, and every table and figure row.
+    Returns each family's methods (family_methods), checked."""
     families = list(config["families"])
+    checked = {}
     for family in families:
         spec = config["families"][family]
         experts = list(spec["experts"])
@@ -140,7 +143,7 @@ def check_config(config: dict, catalog: dict) -> None:
             if sources != set(experts):
                 raise CatalogError(f"families.{family}.expert_sources: must name exactly the experts {experts}; "
                                    f"missing {sorted(set(experts) - sources)}, unknown {sorted(sources - set(experts))}")
-        methods = family_methods(catalog, config, family)
+        methods = checked[family] = family_methods(catalog, config, family)
         named = [(f"tables.{t}", m) for t, rows in (config.get("tables") or {}).items() for m in rows]
         judge = config.get("judge") or {}
         named += [(f"judge.figures.{f}", m) for f, rows in (judge.get("figures") or {}).items() for m in rows]
@@ -150,3 +153,4 @@ def check_config(config: dict, catalog: dict) -> None:
             if name not in methods:
                 raise CatalogError(f"{where}: unknown method {name!r} (family {family}); known: "
                                    f"{', '.join(methods)}")
+    return checked

@@ -101,13 +101,12 @@ from snakemake.exceptions import WorkflowError
 
 if workflow.basedir not in sys.path:  # the package lives beside the Snakefile
     sys.path.insert(0, workflow.basedir)
-from fusionroute.catalog import CatalogError, check_config, family_methods, load_catalog
+from fusionroute.catalog import CatalogError, check_config, load_catalog
 
 try:
     CATALOG = load_catalog(os.path.join(workflow.basedir, "config", "methods.yaml"),
                            extra_kinds=config.get("method_kinds"))
-    check_config(config, CATALOG)
-    METHODS = {family: family_methods(CATALOG, config, family) for family in FAMILIES}
+    METHODS = check_config(config, CATALOG)
 except CatalogError as err:
     raise WorkflowError(f"method catalogue: {err}") from None
 
