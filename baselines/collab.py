@@ -36,7 +36,7 @@ one of a row reads its prompt). The step at which EOS wins is counted too, so
 
 Implementations (same tokens, expert ids, lookaheads and rewards; see tests/baselines/test_collab_cache.py):
 
-- `Collab.generate`: KV caches. Each expert keeps one cache (`fusionroute.decoding._RowCache`) over
+- `Collab.generate`: KV caches. Each expert keeps one cache (`fusionroute.decoding.cache._RowCache`) over
   the live rows' committed prefixes (prompt + emitted tokens): the first step prefills the prompts
   (left-padded, one batched forward per expert), every later proposal forward reads only the token
   emitted at the previous step. The lookahead of an expert's candidates forks that cache: the
@@ -68,7 +68,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from baselines.reward import RewardScorer
 from baselines.sequence_selection import PromptInstructions, encode_prompts, greedy_with_steps, stop_ids, vocab_size
-from fusionroute.decoding import _lm_call, _logits_vocab, _model_device, _RowCache
+from fusionroute.decoding.cache import _lm_call, _model_device, _RowCache
+from fusionroute.decoding.decoders import _logits_vocab
 from fusionroute.generation import Completion
 from fusionroute.vocab import SharedVocabulary, stop_set
 

@@ -329,19 +329,26 @@ def main(argv: list[str] | None = None) -> None:
 
     from fusionroute.io import read_jsonl
 
+    def optim_config(text: str) -> OptimConfig:
+        return OptimConfig.from_dict(json.loads(text))
+
+    def reward_config(text: str) -> RewardTrainConfig:
+        return RewardTrainConfig(**json.loads(text))
+
     parser = argparse.ArgumentParser(description="Train a Bradley-Terry reward model (tiny world)")
-    parser.add_argument("--base", required=True, help="causal LM to initialise from (dir or hub id)")
-    parser.add_argument("--pairs", required=True, help="JSONL of {instruction, chosen, rejected}")
-    parser.add_argument("--template", required=True, help="the world's prompt template")
-    parser.add_argument("--optim", default="{}", help="JSON OptimConfig fields (steps, batch_size, lr, ...)")
-    parser.add_argument("--config", default="{}", help="JSON RewardTrainConfig fields")
+    for flag, what in (("--base", "causal LM to initialise from (dir or hub id)"),
+                       ("--pairs", "JSONL of {instruction, chosen, rejected}"),
+                       ("--template", "the world's prompt template"),
+                       ("--out", "directory of the trained model and its metrics")):
+        parser.add_argument(flag, required=True, help=what)
+    # the JSON options are parsed into their configs here: bad JSON or a bad field is a usage error
+    # (--optim has no default: steps, batch_size and lr have none)
+    parser.add_argument("--optim", type=optim_config, required=True, help="JSON OptimConfig fields (steps, lr, ...)")
+    parser.add_argument("--config", type=reward_config, default="{}", help="JSON RewardTrainConfig fields")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    optim = OptimConfig.from_dict(json.loads(args.optim))
-    cfg = RewardTrainConfig(**json.loads(args.config))
-    metrics = train_reward_model(args.base, read_jsonl(args.pairs), args.template, args.out, optim, cfg,
+    metrics = train_reward_model(args.base, read_jsonl(args.pairs), args.template, args.out, args.optim, args.config,
                                  dtype=args.dtype, device=args.device)
     print(json.dumps({k: metrics[k] for k in ("heldout_accuracy", "heldout_accuracy_before", "n_train", "n_heldout")}))
 

@@ -43,7 +43,7 @@ What each step holds (the code this models; `git grep` the names)
 - the reference pass of router_mix / finetuned_mix: the SFT model, no grad, batches of
   `reference_batch_size` pairs (2 rows each) within the token budget; a router's forward returns
   every layer's hidden states (output_hidden_states) besides its [rows, length, vocab] logits.
-- generate (fusionroute/decoding.py, baselines/*): every model of the method in the world dtype
+- generate (fusionroute/decoding/, baselines/*): every model of the method in the world dtype
   plus preallocated KV caches (2 x layers x kv_heads x head_dim x capacity x rows x bytes, every
   layer full attention, capacity = longest prompt + max_new_tokens + 1):
   single: one model and cache; fusionroute: the router and every expert, each with a cache over
@@ -51,7 +51,7 @@ What each step holds (the code this models; `git grep` the names)
   cache) at a time, then the reward model reads each response; collab: every expert with a cache,
   the fork of one expert's cache for the lookahead of its top_k candidates per row
   (rows x top_k rows), and the reward model reading every candidate (batches of 16). A cache is
-  counted as freed when the code drops it. (At the time of writing fusionroute.decoding._RowCache
+  counted as freed when the code drops it. (At the time of writing fusionroute.decoding.cache._RowCache
   and its layers reference each other, so a dropped cache waits for Python's cycle collector;
   Collab then holds several forked caches at once. tests/test_plan.py marks this as an expected
   failure until the cycle is broken.)
@@ -103,7 +103,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -596,17 +596,22 @@ def decode_memory(models: dict[str, ModelShape], s: DecodeSetting) -> Estimate:
 # ----------------------------------------------------------------------------------------------
 
 
+def _knob(default: float, about: str) -> Any:
+    """A hardware figure with its command-line help (each one is a `--flag` of `main`)."""
+    return field(default=default, metadata={"help": about})
+
+
 @dataclass(frozen=True)
 class Hardware:
-    gpu_mem_gib: float = 80.0
-    usable: float = 0.92
-    peak_tflops: float = 312.0
-    mfu: float = 0.40
-    hbm_tbps: float = 2.0
-    bw_efficiency: float = 0.6
-    call_overhead_ms: float = 0.4
-    load_gbps: float = 1.0
-    host_base_gib: float = 6.0
+    gpu_mem_gib: float = _knob(80.0, "GPU memory of one `gpu` unit, GiB")
+    usable: float = _knob(0.92, "share of the GPU memory a rule may fill")
+    peak_tflops: float = _knob(312.0, "peak TFLOP/s of one GPU")
+    mfu: float = _knob(0.40, "sustained share of the peak (model FLOPs utilisation)")
+    hbm_tbps: float = _knob(2.0, "GPU memory bandwidth, TB/s")
+    bw_efficiency: float = _knob(0.6, "share of the bandwidth reached while decoding")
+    call_overhead_ms: float = _knob(0.4, "overhead per layer and model call, ms")
+    load_gbps: float = _knob(1.0, "checkpoint loading speed, GB/s")
+    host_base_gib: float = _knob(6.0, "host memory of a process besides its data and weights, GiB")
 
     @property
     def flops(self) -> float:
@@ -1253,8 +1258,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-config", action="append", default=[], metavar="SOURCE=DIR",
                    help="take the shape of model SOURCE from DIR/config.json")
     hw = Hardware()
-    for name, value in asdict(hw).items():
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=value)
+    for knob in fields(Hardware):
+        p.add_argument("--" + knob.name.replace("_", "-"), type=float, default=knob.default, help=knob.metadata["help"])
     a = Assumptions()
     p.add_argument("--mean-train-tokens", type=float, default=None,
                    help=f"mean training sequence (default: from build/<world>/data, else {a.mean_train_tokens:.0f})")

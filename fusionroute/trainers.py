@@ -115,17 +115,12 @@ class RoutingConfig:
     reading: str = "literal"  # Eq. 2 reading: "literal" or "mixture" (see losses.routing_loss)
 
 
-def router_sft_loss(
-    router: RouterModel,
-    batch: dict[str, torch.Tensor],
-    features: Sequence[dict[str, torch.Tensor]],
-    routing: RoutingConfig,
-    experts: Sequence[PreTrainedModel] | None = None,
-    denominators: tuple[int, int] | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_SFT = L_LM + lambda * L_route for one batch (Eq. 3), with its parts for logging."""
+def router_sft_loss(router: RouterModel, batch: dict[str, torch.Tensor], *args,
+                    **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_SFT = L_LM + lambda * L_route for one batch (Eq. 3), with its parts for logging: a router
+    forward over `batch`, then `sft_loss_from_output` (the arguments after `batch` are its own)."""
     out = router(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    return sft_loss_from_output(out, batch, features, routing, experts, denominators)
+    return sft_loss_from_output(out, batch, *args, **kwargs)
 
 
 def sft_loss_from_output(

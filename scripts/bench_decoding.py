@@ -23,7 +23,7 @@ key is the batch row, which is stable here because eos is disabled (no row finis
            over the experts
 
 Expect fused/naive of about 2 at batch 1 but only about 1 at batch 16 on a CPU: catch-up saves
-model calls, not expert compute (see fusionroute/decoding.py), and at batch 16 these tiny models
+model calls, not expert compute (see fusionroute/decoding/decoders.py), and at batch 16 these tiny models
 are compute-bound and every expert is selected by some row at nearly every step.
 
 On a machine shared with other jobs use --threads 1 --clock cpu.
@@ -44,7 +44,8 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from fusionroute.decoding import fused_generate, greedy_generate, naive_fused_generate
+from fusionroute.decoding import fused_generate, greedy_generate
+from fusionroute.decoding.oracles import naive_fused_generate
 from fusionroute.router import RouterConfig, RouterModel
 
 N_EXPERTS = 3

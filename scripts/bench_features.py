@@ -36,8 +36,9 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel
 
-from fusionroute.data import IGNORE, Encoded, collate
+from fusionroute.data import Encoded, collate
 from fusionroute.io import progress
+from fusionroute.losses import gather_logprobs, shift
 from fusionroute.vocab import check_logit_widths, output_rows
 
 CONFIGS = {
@@ -49,22 +50,10 @@ CONFIGS = {
 
 
 # ----------------------------------------------------------------------------------------------
-# The old implementation (fusionroute/features.py before issue 14), verbatim, with the two
-# helpers it took from fusionroute/losses.py as they were then (so the reference stays fixed)
+# The old implementation (fusionroute/features.py before issue 14), verbatim. The two helpers it
+# takes from fusionroute/losses.py (`shift`, `gather_logprobs`) are imported: they are unchanged
+# since (the small-logits path of `losses.token_logprobs`).
 # ----------------------------------------------------------------------------------------------
-
-
-def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    logits = logits[:, :-1]
-    targets = labels[:, 1:]
-    mask = targets != IGNORE
-    return logits, targets.masked_fill(~mask, 0), mask
-
-
-def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = logits.float()
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
 
 
 @torch.no_grad()

@@ -13,15 +13,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from fusionroute.decoding import (
-    FusedOutput,
-    _partition,
-    fused_generate,
-    greedy_generate,
-    naive_fused_generate,
-    reference_fused_generate,
-    reference_greedy_generate,
-)
+from fusionroute.decoding import FusedOutput, fused_generate, greedy_generate
+from fusionroute.decoding.decoders import _partition
+from fusionroute.decoding.oracles import naive_fused_generate, reference_fused_generate, reference_greedy_generate
 from fusionroute.router import RouterModel
 
 VOCAB = 300
@@ -252,7 +246,7 @@ def test_a_late_first_use_is_stored_aligned_and_stays_exact():
     """A row that first uses an expert after the others (its first tokens came from another expert)
     is stored ending where the other rows end, so the next step runs on the in-place cache path;
     the logits still equal a full recompute."""
-    from fusionroute.decoding import _lm_call, _RowCache
+    from fusionroute.decoding.cache import _lm_call, _RowCache
 
     model = _llama(7)
     call, cpu = _lm_call(model), torch.device("cpu")

@@ -288,7 +288,7 @@ def test_reward_model_methods_memory(kind, tokenizer, monkeypatch):
     """Collab (expert caches, forked lookahead caches, the reward model over every candidate) and
     Sequence Selection, with a real tokenizer and reward model.
 
-    The decoders' KV caches (fusionroute.decoding._RowCache) form a reference cycle (each layer
+    The decoders' KV caches (fusionroute.decoding.cache._RowCache) form a reference cycle (each layer
     points back at its cache), so a cache that a call drops is freed only when Python's cycle
     collector runs, not when the call returns; Collab then holds several forked lookahead caches
     at once. The plan counts a dropped cache as freed (what breaking the cycle gives), so this
@@ -338,7 +338,7 @@ def test_dropped_decode_caches_are_freed_at_once():
     import gc
     import weakref
 
-    from fusionroute import decoding
+    from fusionroute.decoding import decoders as decoding
 
     model, shape = tiny("llama", "float32", layers=2)
     caches = []

@@ -9,7 +9,7 @@ from fusionroute.eval.tables import STALE_MARK, Row, to_latex, to_markdown
 from fusionroute.io import read_json
 from fusionroute.steps import run_step
 
-REAL = ("fusionroute/losses.py", "fusionroute/decoding.py")
+REAL = ("fusionroute/losses.py", "fusionroute/decoding/decoders.py")
 
 
 def test_code_version_names_the_imported_package_files():
@@ -84,5 +84,5 @@ def test_generate_step_records_its_code(tokenizer, tokenizer_dir, tmp_path):
     run_step("generate", {"data": str(tmp_path / "d.jsonl")},
              {"generations": str(tmp_path / "g.jsonl"), "settings": str(tmp_path / "settings.json")}, params)
     code = read_json(tmp_path / "settings.json")["code"]
-    assert {"fusionroute/decoding.py", "fusionroute/methods.py", "fusionroute/pipeline.py"} <= set(code["files"])
+    assert {"fusionroute/decoding/decoders.py", "fusionroute/methods.py", "fusionroute/pipeline.py"} <= set(code["files"])
     assert not provenance.is_stale(code)

@@ -12,7 +12,8 @@ import pytest
 import torch
 from model_fixtures import make_llama
 
-from fusionroute.decoding import fused_generate, greedy_generate, reference_fused_generate
+from fusionroute.decoding import fused_generate, greedy_generate
+from fusionroute.decoding.oracles import reference_fused_generate
 from fusionroute.experts import ExpertPool
 from fusionroute.router import RouterModel
 from fusionroute.vocab import VocabularyMismatch, end_token_ids, shared_vocabulary

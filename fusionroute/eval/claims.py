@@ -57,11 +57,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fusionroute.eval.tables import COLUMNS, _latex_escape
+from fusionroute.eval.tables import _latex_escape, benchmarks, columns
 from fusionroute.io import atomic_write_text, write_json
 
-BENCHMARKS = [b for b, _ in COLUMNS]
-PAPER_COLUMNS = ["table", "family", "group", "method", *BENCHMARKS, "avg"]
+
+def paper_columns() -> list[str]:
+    """The columns of the paper-tables CSV: a score per benchmark (the registry's) and avg."""
+    return ["table", "family", "group", "method", *benchmarks(), "avg"]
+
 REFERENCE_FAMILY = "Llama-3"  # the paper's block a family without a paper counterpart is compared with
 # our catalogue name -> the paper's row name (experts are matched by role, see expert_role)
 PAPER_NAMES = {
@@ -104,28 +107,30 @@ class PaperRow:
 
     @property
     def mean_of_cells(self) -> float:
-        return sum(self.scores[b] for b in BENCHMARKS) / len(BENCHMARKS)
+        names = benchmarks()
+        return sum(self.scores[b] for b in names) / len(names)
 
 
 def read_paper_tables(path: str | Path) -> list[PaperRow]:
-    """The paper's Tables 1 and 2 (columns PAPER_COLUMNS, scores in [0, 1])."""
+    """The paper's Tables 1 and 2 (columns paper_columns(), scores in [0, 1])."""
     path = Path(path)
     if not path.is_file():
         raise ClaimsInputError(f"{path}: the paper's tables are not there (file not found)")
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
-        missing = [c for c in PAPER_COLUMNS if c not in header]
+        wanted, names = paper_columns(), benchmarks()
+        missing = [c for c in wanted if c not in header]
         if missing:
             raise ClaimsInputError(f"{path}: header lacks the column(s) {missing} (has {header})")
         rows: list[PaperRow] = []
         seen: set[tuple] = set()
         for line, raw in enumerate(reader, start=2):
-            if None in raw or any(raw[c] is None for c in PAPER_COLUMNS):
+            if None in raw or any(raw[c] is None for c in wanted):
                 raise ClaimsInputError(f"{path}, line {line}: {len(header)} columns expected")
             try:
                 table = int(raw["table"])
-                values = {c: float(raw[c]) for c in [*BENCHMARKS, "avg"]}
+                values = {c: float(raw[c]) for c in [*names, "avg"]}
             except ValueError:
                 raise ClaimsInputError(f"{path}, line {line}: table and scores must be numbers: {raw}") from None
             if table not in (1, 2):
@@ -141,7 +146,7 @@ def read_paper_tables(path: str | Path) -> list[PaperRow]:
                 raise ClaimsInputError(f"{path}, line {line}: a second row for {method!r} in table {table}, {family}")
             seen.add(ident)
             rows.append(PaperRow(table, family, raw["group"].strip(), method,
-                                 {b: values[b] for b in BENCHMARKS}, values["avg"]))
+                                 {b: values[b] for b in names}, values["avg"]))
     if not rows:
         raise ClaimsInputError(f"{path}: no rows")
     return rows
@@ -250,14 +255,16 @@ class _Loader:
         return self._scores[key]
 
     def method(self, files: Mapping[str, str], what: str) -> dict[str, ScoreFile]:
-        missing = [b for b in BENCHMARKS if b not in files]
+        names = benchmarks()
+        missing = [b for b in names if b not in files]
         if missing:
             raise ClaimsInputError(f"{what}: no scores file given for {missing}")
-        return {b: self.scores(files[b], b) for b in BENCHMARKS}
+        return {b: self.scores(files[b], b) for b in names}
 
 
 def macro_average(cells: Mapping[str, ScoreFile]) -> float:
-    return sum(cells[b].score for b in BENCHMARKS) / len(BENCHMARKS)
+    names = benchmarks()
+    return sum(cells[b].score for b in names) / len(names)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -334,7 +341,7 @@ def side_by_side_rows(rows: Sequence[Mapping[str, Any]], paper: Sequence[PaperRo
         key = our_key(spec["name"], bool(spec.get("expert")))
         match = _paper_lookup(paper, table, family).get(key) if key else None
         out.append(SideBySideRow(spec["family"], spec["group"], spec["method"],
-                                 {b: cells[b].score for b in BENCHMARKS}, macro_average(cells),
+                                 {b: cells[b].score for b in benchmarks()}, macro_average(cells),
                                  match, family, stand_in))
     return out
 
@@ -363,24 +370,26 @@ def _delta(entry: SideBySideRow, missing: str) -> str:
 
 
 def side_by_side_markdown(entries: Sequence[SideBySideRow], caption: str) -> str:
-    head = ["Family", "Method", *[f"{name} (ours \\| paper)" for _, name in COLUMNS], "Avg (ours \\| paper)", "Δ Avg"]
+    cols = columns()
+    head = ["Family", "Method", *[f"{name} (ours \\| paper)" for _, name in cols], "Avg (ours \\| paper)", "Δ Avg"]
     out = [caption, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in entries:
         paper = e.paper
-        cells = [_pair(e.ours[b], paper.scores[b] if paper else None, 2, " \\| ", DASH) for b in BENCHMARKS]
+        cells = [_pair(e.ours[b], paper.scores[b] if paper else None, 2, " \\| ", DASH) for b, _ in cols]
         cells.append(_pair(e.ours_avg, paper.avg if paper else None, 3, " \\| ", DASH))
         out.append("| " + " | ".join([e.family, e.method, *cells, _delta(e, DASH)]) + " |")
     return "\n".join(out) + "\n"
 
 
 def side_by_side_latex(entries: Sequence[SideBySideRow], caption: str, label: str) -> str:
-    ncol = len(COLUMNS) + 3
+    cols = columns()
+    ncol = len(cols) + 3
     tex_caption = _latex_escape(caption).replace("|", r"$\mid$").replace(DASH, "--")
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
              rf"\caption{{{tex_caption}}}",
              rf"\label{{{label}}}", r"\begin{tabular}{l" + "c" * (ncol - 1) + "}", r"\toprule",
-             " & ".join(["Model", *[name for _, name in COLUMNS], "Avg.", r"$\Delta$Avg."]) + r" \\",
-             " & ".join(["", *[r"ours $\mid$ paper"] * (len(COLUMNS) + 1), ""]) + r" \\"]
+             " & ".join(["Model", *[name for _, name in cols], "Avg.", r"$\Delta$Avg."]) + r" \\",
+             " & ".join(["", *[r"ours $\mid$ paper"] * (len(cols) + 1), ""]) + r" \\"]
     for family in dict.fromkeys(e.family for e in entries):
         block = [e for e in entries if e.family == family]
         title = family + (f" (paper: {block[0].paper_family})" if block[0].stand_in else "")
@@ -389,7 +398,7 @@ def side_by_side_latex(entries: Sequence[SideBySideRow], caption: str, label: st
             lines += [r"\midrule", rf"\multicolumn{{{ncol}}}{{l}}{{\textbf{{{_latex_escape(group)}}}}} \\"]
             for e in (x for x in block if x.group == group):
                 paper = e.paper
-                cells = [_pair(e.ours[b], paper.scores[b] if paper else None, 2, r" $\mid$ ", "--") for b in BENCHMARKS]
+                cells = [_pair(e.ours[b], paper.scores[b] if paper else None, 2, r" $\mid$ ", "--") for b, _ in cols]
                 cells.append(_pair(e.ours_avg, paper.avg if paper else None, 3, r" $\mid$ ", "--"))
                 lines.append(" & ".join([_latex_escape(e.method), *cells, _delta(e, "--")]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
@@ -550,7 +559,7 @@ def _shared_ids(a: ScoreFile, b: ScoreFile) -> list[str]:
 
 def accuracy_claim(claim: str, a: Mapping[str, ScoreFile], b: Mapping[str, ScoreFile], **test: Any) -> dict[str, Any]:
     strata, subsets = {}, {}
-    for bench in BENCHMARKS:
+    for bench in benchmarks():
         ids = _shared_ids(a[bench], b[bench])
         if len(ids) != max(len(a[bench].outcomes), len(b[bench].outcomes)):
             subsets[bench] = f"{len(ids)} of {max(len(a[bench].outcomes), len(b[bench].outcomes))}"

@@ -1,6 +1,8 @@
-"""MBPP and HumanEval pass@1: turn a completion plus the benchmark's tests into one program and
-run it in the sandbox (fusionroute.eval.sandbox). pass@1 with one sample per task = the
-fraction of tasks whose program passes.
+"""Code benchmarks' pass@1: a completion plus the benchmark's tests become one program (the
+benchmark's `build_program`: fusionroute/eval/benchmarks/mbpp.py, humaneval.py), run in the
+sandbox (fusionroute.eval.sandbox). pass@1 with one sample per task = the fraction of tasks
+whose program passes. This module holds what every code benchmark shares: finding the code in
+a completion, the size limit, running the programs, and the scorer.
 
 Completion styles accepted (docs/CONTRACTS.md):
 * a fenced ```python block holding the full function -- when several blocks exist we take the
@@ -8,11 +10,6 @@ Completion styles accepted (docs/CONTRACTS.md):
   an unterminated fence (generation cut off) counts up to the end of the text;
 * HumanEval only: a bare continuation of the prompt (the function body), scored exactly like
   the official harness as prompt + completion.
-
-HumanEval programs with a full function are built as prompt + "\\n" + code: the prompt's stub
-(signature + docstring, a valid body) is immediately redefined by the model's function, while
-the prompt's imports (`from typing import List`) and helper functions (HumanEval/10, /38, ...)
-stay available, which a full-function answer often relies on without repeating them.
 
 Size limit: a completion longer than MAX_COMPLETION_CHARS (1 MiB of text) is never run: it is
 judged incorrect with the reason "not run: ...". Compiling a program is memory-hungry: one 50 MB
@@ -24,17 +21,16 @@ result is asked for.
 """
 from __future__ import annotations
 
-import ast
 import re
 from dataclasses import dataclass
+from typing import Any
 
+from fusionroute.eval.benchmarks.base import Pairs, ProgramBuilder, Scored, Scorer
 from fusionroute.eval.sandbox import (
-    FAILED, Isolation, SandboxLimits, SandboxResult, run_programs)
+    ERROR, FAILED, Isolation, SandboxLimits, SandboxResult, detect_isolation, run_programs)
 
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = {"", "python", "py", "python3", "py3"}
-_ASSERT_CALL_RE = re.compile(r"assert\s*\(?\s*(?:not\s+)?\(?\s*(?:math\.isclose\s*\(\s*|set\s*\(\s*)?"
-                             r"([A-Za-z_]\w*)\s*\(")
 
 DEFAULT_CODE_LIMITS = SandboxLimits(timeout_s=6.0)
 MAX_COMPLETION_CHARS = 1 << 20   # longer completions are not run (module doc)
@@ -77,55 +73,17 @@ def extract_code(completion: str, entry_point: str | None = None) -> str:
     return blocks[0]
 
 
-def mbpp_entry_point(record: dict) -> str | None:
-    """The function the tests call: from the first assert, else the reference solution."""
-    for test in record.get("test_list", []):
-        match = _ASSERT_CALL_RE.search(test)
-        if match and match.group(1) not in {"isinstance", "abs", "round", "sorted", "len"}:
-            return match.group(1)
-    try:
-        tree = ast.parse(record.get("code", ""))
-    except SyntaxError:
-        return None
-    names = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
-    return names[-1] if names else None
-
-
-def build_mbpp_program(record: dict, completion: str) -> str:
-    code = extract_code(completion, mbpp_entry_point(record))
-    setup = record.get("test_setup_code") or ""
-    tests = "\n".join(record["test_list"])
-    return f"{setup}\n{code}\n\n{tests}\n"
-
-
-def build_humaneval_program(record: dict, completion: str) -> str:
-    entry = record["entry_point"]
-    code = extract_code(completion, entry)
-    if defines(code, entry):
-        body = record["prompt"] + "\n" + code
-    else:
-        # A bare continuation: the body goes right after the prompt's docstring.
-        body = record["prompt"] + code
-    return f"{body}\n\n{record['test']}\n\ncheck({entry})\n"
-
-
-BUILDERS = {"mbpp": build_mbpp_program, "humaneval": build_humaneval_program}
-
-
 @dataclass
 class CodeJudgement:
     correct: bool
     result: SandboxResult
 
 
-def judge_code(benchmark: str, records: list[dict], completions: list[str],
+def judge_code(build: ProgramBuilder, records: list[dict], completions: list[str],
                limits: SandboxLimits | None = None, workers: int | None = None,
                isolation: Isolation | None = None) -> list[CodeJudgement]:
-    """Build and run one program per (record, completion) pair, in parallel."""
-    try:
-        build = BUILDERS[benchmark]
-    except KeyError:
-        raise ValueError(f"{benchmark!r} is not a code benchmark ({sorted(BUILDERS)})") from None
+    """Build (with the benchmark's `build_program`) and run one program per (record,
+    completion) pair, in parallel."""
     pairs = list(zip(records, completions, strict=True))
     # Over-long completions are neither built into a program nor run (module doc).
     runnable = [i for i, (_, c) in enumerate(pairs) if not oversized(c)]
@@ -135,3 +93,22 @@ def judge_code(benchmark: str, records: list[dict], completions: list[str],
                            workers=workers, isolation=isolation)
         results.update(zip(runnable, ran))
     return [CodeJudgement(results[i].passed, results[i]) for i in range(len(pairs))]
+
+
+def program_scorer(build: ProgramBuilder) -> Scorer:
+    """The scorer of a code benchmark whose programs `build` makes: pass@1, with the sandbox's
+    status and reason per sample."""
+    def score(pairs: Pairs, workers: int | None = None, timeout_s: float | None = None,
+              **_: Any) -> Scored:
+        limits = DEFAULT_CODE_LIMITS if timeout_s is None else SandboxLimits(timeout_s=timeout_s)
+        judged = judge_code(build, [r for _, r in pairs], [g["completion"] for g, _ in pairs],
+                            limits=limits, workers=workers)
+        samples = [{"id": g["id"], "correct": j.correct, "status": j.result.status,
+                    "reason": j.result.reason, "exit_code": j.result.exit_code,
+                    "duration_s": j.result.duration_s, "stderr": j.result.stderr[-1000:]}
+                   for (g, _), j in zip(pairs, judged)]
+        # Harness-side failures count as wrong answers but must be visible, not silent.
+        errors = sum(s["status"] == ERROR for s in samples)
+        return Scored(samples, {"sandbox_errors": errors},
+                      {"sandbox": detect_isolation().describe()})
+    return score

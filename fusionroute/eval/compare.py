@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-BENCHMARK_ORDER = ("gsm8k", "math500", "mbpp", "humaneval", "ifeval")
+from fusionroute.eval.benchmarks import benchmark_names
 
 
 @dataclass
@@ -90,7 +90,9 @@ def compare(dir_a: str | Path, dir_b: str | Path, shared_only: bool = False) -> 
     if have_a != have_b and not shared_only:
         raise MismatchError(f"benchmarks differ: only {dir_a} has {sorted(have_a - have_b)}, only {dir_b} has "
                             f"{sorted(have_b - have_a)}; pass --shared-only to compare on {sorted(found)}")
-    names = [b for b in BENCHMARK_ORDER if b in found] + sorted(found - set(BENCHMARK_ORDER))
+    # registered benchmarks in table order, then any other folder (a benchmark since removed) by name
+    order = benchmark_names()
+    names = [b for b in order if b in found] + sorted(found - set(order))
     rows = []
     for name in names:
         a, b = _correct_by_id(dir_a / name / "scores.json"), _correct_by_id(dir_b / name / "scores.json")

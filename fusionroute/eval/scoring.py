@@ -1,6 +1,6 @@
 """Score generations against a benchmark and write scores.json (schema: docs/CONTRACTS.md).
 
-    fusionroute-score --benchmark {gsm8k,math500,mbpp,humaneval,ifeval} \\
+    fusionroute-score --benchmark NAME (a registered benchmark: fusionroute.eval.benchmarks) \\
         --generations GENERATIONS.jsonl [--data DATA.jsonl] --out SCORES.json [--allow-partial]
 
 Strict by default: an empty generations file, a benchmark record without a generation, a torn
@@ -10,10 +10,9 @@ id, and what to do. With --allow-partial (allow_partial=True) the generations pr
 and scores.json says so: "partial": true, "n_expected", "missing_ids" (and "not_run_ids" for
 over-long code completions, judged incorrect without being run).
 
-Primary metrics: gsm8k "accuracy" (flexible extraction; the paper does not say which, and the
-flexible rule is what a "The answer is: N"-trained model is judged by in practice -- strict is
-reported too as "accuracy_strict"), math500 "accuracy", mbpp/humaneval "pass@1", ifeval
-"prompt_level_strict_acc" (plus the other three IFEval metrics).
+Each benchmark's scorer and primary metric are its own (fusionroute/eval/benchmarks/<name>.py):
+gsm8k "accuracy" (flexible extraction; strict as "accuracy_strict"), math500 "accuracy",
+mbpp/humaneval "pass@1", ifeval "prompt_level_strict_acc" (plus the other three IFEval metrics).
 
 ci95: Wilson score interval on the primary metric (every primary metric here is a mean of
 per-sample 0/1 outcomes). Wilson rather than the normal approximation because it stays inside
@@ -24,14 +23,16 @@ Light by design: imports neither torch nor transformers (scoring runs in small j
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from fusionroute.eval.benchmarks import BENCHMARKS, DataError, _read_jsonl, get_spec, load_records
+from fusionroute.eval.benchmarks import (
+    DataError, Pairs, Scored, _read_jsonl, benchmark_names, get_benchmark, load_records)
+
+__all__ = ["Pairs", "Scored", "ScoringError", "ScoringInputError", "main", "read_generations",
+           "score_benchmark", "score_files", "wilson_interval"]
 
 Z_95 = 1.959963984540054
 
@@ -60,88 +61,6 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> list[float]:
     lo = 0.0 if successes == 0 else max(0.0, centre - half)
     hi = 1.0 if successes == n else min(1.0, centre + half)
     return [lo, hi]
-
-
-# ----------------------------------------------------------------------------------------------
-# Per-benchmark scorers: (pairs of (generation, record), opts) -> Scored
-# ----------------------------------------------------------------------------------------------
-Pairs = list[tuple[dict, dict]]
-
-
-@dataclass
-class Scored:
-    samples: list[dict]                                      # each with "id" and "correct"
-    metrics: dict[str, float] = field(default_factory=dict)  # besides the primary metric
-    info: dict[str, Any] = field(default_factory=dict)       # extra top-level scores.json keys
-
-
-def _score_gsm8k(pairs: Pairs, **_: Any) -> Scored:
-    from fusionroute.eval.answers import gsm8k_gold, judge_gsm8k
-
-    samples = []
-    for gen, rec in pairs:
-        j = judge_gsm8k(gen["completion"], rec["answer"])
-        samples.append({"id": gen["id"], "correct": j.flexible_correct,
-                        "correct_strict": j.strict_correct, "extracted": j.flexible_answer,
-                        "extracted_strict": j.strict_answer, "gold": gsm8k_gold(rec["answer"])})
-    return Scored(samples, {"accuracy_strict": _mean(s["correct_strict"] for s in samples)})
-
-
-def _score_math500(pairs: Pairs, math_timeout_s: float = 10.0,
-                   **_: Any) -> Scored:
-    from fusionroute.eval.answers import MathVerifier, judge_math
-
-    samples = []
-    with MathVerifier(hard_timeout_s=math_timeout_s) as verifier:
-        for gen, rec in pairs:
-            j = judge_math(gen["completion"], rec["answer"], verifier)
-            samples.append({"id": gen["id"], "correct": j.correct, "extracted": j.answer,
-                            "gold": rec["answer"], "judge": j.method})
-    return Scored(samples)
-
-
-def _score_code(benchmark: str) -> Callable[..., Scored]:
-    def score(pairs: Pairs, workers: int | None = None, timeout_s: float | None = None,
-              **_: Any) -> Scored:
-        from fusionroute.eval.code import DEFAULT_CODE_LIMITS, judge_code
-        from fusionroute.eval.sandbox import ERROR, SandboxLimits, detect_isolation
-
-        limits = DEFAULT_CODE_LIMITS if timeout_s is None else SandboxLimits(timeout_s=timeout_s)
-        judged = judge_code(benchmark, [r for _, r in pairs], [g["completion"] for g, _ in pairs],
-                            limits=limits, workers=workers)
-        samples = [{"id": g["id"], "correct": j.correct, "status": j.result.status,
-                    "reason": j.result.reason, "exit_code": j.result.exit_code,
-                    "duration_s": j.result.duration_s, "stderr": j.result.stderr[-1000:]}
-                   for (g, _), j in zip(pairs, judged)]
-        # Harness-side failures count as wrong answers but must be visible, not silent.
-        errors = sum(s["status"] == ERROR for s in samples)
-        return Scored(samples, {"sandbox_errors": errors},
-                      {"sandbox": detect_isolation().describe()})
-    return score
-
-
-def _score_ifeval(pairs: Pairs, **_: Any) -> Scored:
-    from fusionroute.eval.ifeval import aggregate, judge_ifeval
-
-    judgements = [judge_ifeval(rec, gen["completion"]) for gen, rec in pairs]
-    samples = [{"id": gen["id"], "correct": j.prompt_strict, "correct_loose": j.prompt_loose,
-                "instructions": j.instruction_ids, "failed_instructions": j.failed_strict,
-                "failed_instructions_loose": j.failed_loose}
-               for (gen, _), j in zip(pairs, judgements)]
-    metrics = aggregate(judgements)
-    metrics.pop("prompt_level_strict_acc")   # the primary; added back by score_benchmark
-    return Scored(samples, metrics)
-
-
-SCORERS: dict[str, Callable[..., Scored]] = {
-    "gsm8k": _score_gsm8k, "math500": _score_math500, "mbpp": _score_code("mbpp"),
-    "humaneval": _score_code("humaneval"), "ifeval": _score_ifeval,
-}
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(bool(v) for v in values) / len(values) if values else 0.0
 
 
 def _pair_up(generations: list[dict], records: list[dict]) -> Pairs:
@@ -175,7 +94,7 @@ def _missing_ids(pairs: Pairs, records: list[dict]) -> list[str]:
 
 def _not_run_ids(name: str, pairs: Pairs) -> list[str]:
     """Code completions too long to run (fusionroute.eval.code.MAX_COMPLETION_CHARS)."""
-    if name not in ("mbpp", "humaneval"):
+    if get_benchmark(name).build_program is None:  # not a code benchmark: nothing is run
         return []
     from fusionroute.eval.code import oversized
 
@@ -227,11 +146,11 @@ def score_benchmark(name: str, generations: list[dict], records: list[dict], *,
     benchmarks), math_timeout_s (math500). Returns the scores.json object: benchmark, metric,
     score, n, [partial, n_expected, missing_ids, not_run_ids,] metrics, ci95, samples.
     """
-    spec = get_spec(name)
+    spec = get_benchmark(name)
     pairs = _pair_up(generations, records)
     if not allow_partial:
         _check_complete(name, pairs, records, source)
-    scored = SCORERS[name](pairs, **opts)
+    scored = spec.scorer(pairs, **opts)
     samples = scored.samples
     correct = sum(bool(s["correct"]) for s in samples)
     score = correct / len(samples) if samples else 0.0
@@ -284,7 +203,7 @@ def read_generations(path: Path) -> list[dict]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionroute-score", description=__doc__.split("\n")[0])
-    parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
+    parser.add_argument("--benchmark", required=True, choices=sorted(benchmark_names()))
     parser.add_argument("--generations", required=True, type=Path)
     parser.add_argument("--data", type=Path, default=None,
                         help="local JSONL in the HF dataset's schema (default: the hub; "

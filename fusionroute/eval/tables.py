@@ -1,17 +1,25 @@
 """Tables 1 and 2 as LaTeX (booktabs) and Markdown, read from scores.json files only.
 
 Layout as in the paper: a block per model family, rows = methods grouped as the paper groups
-them, columns GSM8K, MATH500, MBPP, HumanEval, IfEval and their average; the best value of each
-column within a family is bold.
+them, a column per benchmark (the registry's order and labels: GSM8K, MATH500, MBPP, HumanEval,
+IfEval) and their average; the best value of each column within a family is bold.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from fusionroute.eval.benchmarks import registry
 from fusionroute.io import atomic_write_text, read_json
 
-COLUMNS = [("gsm8k", "GSM8K"), ("math500", "MATH500"), ("mbpp", "MBPP"), ("humaneval", "HumanEval"), ("ifeval", "IfEval")]
+
+def columns() -> list[tuple[str, str]]:
+    """(benchmark, column label) in table order, read from the registry when a table is made."""
+    return [(b.name, b.label) for b in registry().values()]
+
+
+def benchmarks() -> list[str]:
+    return [name for name, _ in columns()]
 
 
 @dataclass
@@ -25,18 +33,20 @@ class Row:
 
     @property
     def average(self) -> float:
-        return sum(self.scores[b] for b, _ in COLUMNS) / len(COLUMNS)
+        names = benchmarks()
+        return sum(self.scores[b] for b in names) / len(names)
 
 
 def load_row(family: str, group: str, method: str, score_files: dict[str, str | Path]) -> Row:
-    missing = [b for b, _ in COLUMNS if b not in score_files]
+    names = benchmarks()
+    missing = [b for b in names if b not in score_files]
     if missing:
         raise ValueError(f"{family}/{method}: no scores for {missing}")
-    return Row(family, group, method, {b: float(read_json(score_files[b])["score"]) for b, _ in COLUMNS})
+    return Row(family, group, method, {b: float(read_json(score_files[b])["score"]) for b in names})
 
 
 def _best(rows: list[Row]) -> dict[str, float]:
-    best = {b: max(r.scores[b] for r in rows) for b, _ in COLUMNS}
+    best = {b: max(r.scores[b] for r in rows) for b in benchmarks()}
     best["avg"] = max(r.average for r in rows)
     return best
 
@@ -52,7 +62,7 @@ def _cell(value: float, best: float, bold: str, stale: bool = False, mark: str =
 
 def stale_note(rows: list[Row]) -> str:
     """A footnote naming the marked cells ("" when none, so clean tables are unchanged)."""
-    cells = [f"{r.family}/{r.method}/{b}" for r in rows for b, _ in COLUMNS if b in r.stale]
+    cells = [f"{r.family}/{r.method}/{b}" for r in rows for b in benchmarks() if b in r.stale]
     if not cells:
         return ""
     return (f"{STALE_MARK} made by code that has changed since ({', '.join(cells)}); "
@@ -60,25 +70,26 @@ def stale_note(rows: list[Row]) -> str:
 
 
 def to_latex(rows: list[Row], caption: str, label: str) -> str:
-    header = " & ".join(["Model", *[name for _, name in COLUMNS], "Avg."])
+    cols = columns()
+    header = " & ".join(["Model", *[name for _, name in cols], "Avg."])
     lines = [
         r"\begin{table}[t]",
         r"\centering",
         rf"\caption{{{caption}}}",
         rf"\label{{{label}}}",
-        r"\begin{tabular}{l" + "c" * (len(COLUMNS) + 1) + "}",
+        r"\begin{tabular}{l" + "c" * (len(cols) + 1) + "}",
         r"\toprule",
         header + r" \\",
     ]
     for family in dict.fromkeys(r.family for r in rows):
         block = [r for r in rows if r.family == family]
         best = _best(block)
-        lines += [r"\midrule", rf"\multicolumn{{{len(COLUMNS) + 2}}}{{c}}{{\textit{{{family}}}}} \\"]
+        lines += [r"\midrule", rf"\multicolumn{{{len(cols) + 2}}}{{c}}{{\textit{{{family}}}}} \\"]
         for group in dict.fromkeys(r.group for r in block):
-            lines += [r"\midrule", rf"\multicolumn{{{len(COLUMNS) + 2}}}{{l}}{{\textbf{{{group}}}}} \\"]
+            lines += [r"\midrule", rf"\multicolumn{{{len(cols) + 2}}}{{l}}{{\textbf{{{group}}}}} \\"]
             for row in (r for r in block if r.group == group):
                 cells = [_cell(row.scores[b], best[b], r"\textbf{{{}}}", b in row.stale, r"$^\dagger$")
-                         for b, _ in COLUMNS]
+                         for b, _ in cols]
                 cells.append(_cell(row.average, best["avg"], r"\textbf{{{}}}"))
                 lines.append(" & ".join([_latex_escape(row.method), *cells]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -90,13 +101,14 @@ def to_latex(rows: list[Row], caption: str, label: str) -> str:
 
 def to_markdown(rows: list[Row]) -> str:
     with_note = any(r.note for r in rows)
-    head = ["Family", "Method", *[name for _, name in COLUMNS], "Avg"] + (["Cost"] if with_note else [])
+    cols = columns()
+    head = ["Family", "Method", *[name for _, name in cols], "Avg"] + (["Cost"] if with_note else [])
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for family in dict.fromkeys(r.family for r in rows):
         block = [r for r in rows if r.family == family]
         best = _best(block)
         for row in block:
-            cells = [_cell(row.scores[b], best[b], "**{}**", b in row.stale) for b, _ in COLUMNS]
+            cells = [_cell(row.scores[b], best[b], "**{}**", b in row.stale) for b, _ in cols]
             cells.append(_cell(row.average, best["avg"], "**{}**"))
             out.append("| " + " | ".join([family, row.method, *cells] + ([row.note] if with_note else [])) + " |")
     note = stale_note(rows)

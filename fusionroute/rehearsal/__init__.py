@@ -22,18 +22,8 @@ row counts, first/last training losses and timings.
 CLI: `python -m fusionroute.rehearsal --out DIR [--seed 0] [--workers 1]`.
 """
 from fusionroute.rehearsal.build import BUILDER_VERSION, MANIFEST, MARKER, build_rehearsal_hub, is_complete
-from fusionroute.rehearsal.settings import (
-    ALPACA,
-    GEMMA_EXPERTS,
-    GEMMA_INSTRUCT,
-    GEMMA_RM,
-    LLAMA_EXPERTS,
-    LLAMA_INSTRUCT,
-    MISTRAL_RM,
-    RehearsalSettings,
-    Shape,
-    TrainSettings,
-)
+from fusionroute.rehearsal.settings import (ALPACA, GEMMA_EXPERTS, GEMMA_INSTRUCT, GEMMA_RM, LLAMA_EXPERTS,
+                                            LLAMA_INSTRUCT, MISTRAL_RM, RehearsalSettings, Shape, TrainSettings)
 
 __all__ = ["ALPACA", "BUILDER_VERSION", "GEMMA_EXPERTS", "GEMMA_INSTRUCT", "GEMMA_RM", "LLAMA_EXPERTS",
            "LLAMA_INSTRUCT", "MANIFEST", "MARKER", "MISTRAL_RM", "RehearsalSettings", "Shape", "TrainSettings",

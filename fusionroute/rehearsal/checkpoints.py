@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -130,16 +130,14 @@ def _optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
                              weight_decay=0.0, foreach=False)
 
 
-def train_causal_lm(model: PreTrainedModel, examples: Sequence[Encoded], pad_id: int, cfg: TrainSettings,
-                    seed: int) -> list[float]:
-    """Plain next-token training on the labelled positions; returns the loss of every step."""
+def _train(model: PreTrainedModel, lengths: Sequence[int], batch_loss: Callable[[list[int]], torch.Tensor],
+           cfg: TrainSettings, seed: int) -> list[float]:
+    """`cfg.steps` AdamW steps (warm-up + cosine rate, gradients clipped to norm 1) on the loss of each
+    batch of sample indices; returns the loss of every step."""
     model.train()
     opt, losses = _optimizer(model, cfg.lr), []
-    for step, batch_ids in enumerate(_batches([len(e.input_ids) for e in examples], cfg, seed)):
-        batch = collate([examples[i] for i in batch_ids], pad_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
-                               ignore_index=IGNORE)
+    for step, batch_ids in enumerate(_batches(lengths, cfg, seed)):
+        loss = batch_loss(batch_ids)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
@@ -149,6 +147,18 @@ def train_causal_lm(model: PreTrainedModel, examples: Sequence[Encoded], pad_id:
         losses.append(loss.item())
     model.eval()
     return losses
+
+
+def train_causal_lm(model: PreTrainedModel, examples: Sequence[Encoded], pad_id: int, cfg: TrainSettings,
+                    seed: int) -> list[float]:
+    """Plain next-token training on the labelled positions; returns the loss of every step."""
+    def batch_loss(batch_ids: list[int]) -> torch.Tensor:
+        batch = collate([examples[i] for i in batch_ids], pad_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1),
+                               ignore_index=IGNORE)
+
+    return _train(model, [len(e.input_ids) for e in examples], batch_loss, cfg, seed)
 
 
 def _rm_ids(tokenizer: PreTrainedTokenizerBase, instruction: str, response: str, max_len: int) -> list[int]:
@@ -164,22 +174,14 @@ def train_reward_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     pad = int(model.config.pad_token_id)
     encoded = [(_rm_ids(tokenizer, p["instruction"], p["chosen"], cfg.max_len),
                 _rm_ids(tokenizer, p["instruction"], p["rejected"], cfg.max_len)) for p in pairs]
-    model.train()
-    opt, losses = _optimizer(model, cfg.lr), []
-    for step, batch_ids in enumerate(_batches([len(c) + len(r) for c, r in encoded], cfg, seed)):
+
+    def batch_loss(batch_ids: list[int]) -> torch.Tensor:
         seqs = [Encoded(ids, ids) for i in batch_ids for ids in encoded[i]]  # chosen, rejected, chosen, ...
         batch = collate(seqs, pad)
         rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
-        loss = -F.logsigmoid(rewards[0::2] - rewards[1::2]).mean()
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-    model.eval()
-    return losses
+        return -F.logsigmoid(rewards[0::2] - rewards[1::2]).mean()
+
+    return _train(model, [len(c) + len(r) for c, r in encoded], batch_loss, cfg, seed)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,18 +20,9 @@ from transformers import logging as hf_logging
 from fusionroute.data import render_prompt
 import fusionroute.rehearsal.checkpoints as ck
 import fusionroute.rehearsal.hub_datasets as hd
+import fusionroute.rehearsal.settings as st
 import fusionroute.rehearsal.tokenizer_files as tf
-from fusionroute.rehearsal.settings import (
-    ALPACA,
-    GEMMA_EXPERTS,
-    GEMMA_INSTRUCT,
-    GEMMA_RM,
-    LLAMA_EXPERTS,
-    LLAMA_INSTRUCT,
-    MISTRAL_RM,
-    RehearsalSettings,
-    TrainSettings,
-)
+from fusionroute.rehearsal.settings import ALPACA, RehearsalSettings, TrainSettings
 from fusionroute.tiny import tasks
 
 EXPERT_DOMAIN = {"math": "math", "coding": "code", "instruction": "instruct"}
@@ -140,7 +131,7 @@ def _train_family(root: Path, family: Family, toks: tf.TokenizerFiles, config, g
 
 def build_llama(root: Path, pool: Pool, seed: int, s: RehearsalSettings) -> dict:
     corpus = _policy_corpus(pool)
-    folder = root / LLAMA_INSTRUCT
+    folder = root / st.LLAMA_INSTRUCT
     toks = tf.save_llama3(tf.train_llama3(corpus, s.llama_regular_vocab), folder)
     ids = {name: toks.id_of(t) for name, t in (("bos", "<|begin_of_text|>"), ("end_of_text", "<|end_of_text|>"),
                                                 ("eom", "<|eom_id|>"), ("eot", "<|eot_id|>"))}
@@ -148,7 +139,7 @@ def build_llama(root: Path, pool: Pool, seed: int, s: RehearsalSettings) -> dict
     generation = GenerationConfig(bos_token_id=ids["bos"], eos_token_id=eos, do_sample=True, temperature=0.6,
                                   top_p=0.9)
     config = ck.llama31_config(s.shape, len(toks.tokenizer), ids["bos"], eos)
-    family = Family("llama3", LLAMA_INSTRUCT, LLAMA_EXPERTS, s.llama_instruct_sft)
+    family = Family("llama3", st.LLAMA_INSTRUCT, st.LLAMA_EXPERTS, s.llama_instruct_sft)
     info = _train_family(root, family, toks, config, generation, pool, seed, s)
     info.update(special_ids=ids, vocab=len(toks.tokenizer))
     return info
@@ -156,7 +147,7 @@ def build_llama(root: Path, pool: Pool, seed: int, s: RehearsalSettings) -> dict
 
 def build_gemma(root: Path, pool: Pool, seed: int, s: RehearsalSettings) -> dict:
     corpus = _policy_corpus(pool)
-    folder = root / GEMMA_INSTRUCT
+    folder = root / st.GEMMA_INSTRUCT
     toks = tf.save_gemma(tf.train_gemma(corpus, s.gemma_vocab), folder)
     ids = {name: toks.id_of(t) for name, t in (("pad", "<pad>"), ("eos", "<eos>"), ("bos", "<bos>"),
                                                 ("start_of_turn", "<start_of_turn>"),
@@ -165,7 +156,7 @@ def build_gemma(root: Path, pool: Pool, seed: int, s: RehearsalSettings) -> dict
     generation = GenerationConfig(bos_token_id=ids["bos"], eos_token_id=eos, pad_token_id=ids["pad"],
                                   cache_implementation="hybrid")  # as gemma-2-2b-it ships it
     config = ck.gemma2_config(s.shape, len(toks.tokenizer), ids["pad"], ids["bos"], eos)
-    family = Family("gemma2", GEMMA_INSTRUCT, GEMMA_EXPERTS, s.gemma_instruct_sft)
+    family = Family("gemma2", st.GEMMA_INSTRUCT, st.GEMMA_EXPERTS, s.gemma_instruct_sft)
     info = _train_family(root, family, toks, config, generation, pool, seed, s)
     info.update(special_ids=ids, vocab=len(toks.tokenizer))
     return info
@@ -178,10 +169,10 @@ def build_reward_models(root: Path, pool: Pool, seed: int, s: RehearsalSettings)
     info: dict = {}
     # trained on other text and with other sizes than the policies': different vocabularies
     mistral = tf.save_mistral(tf.train_mistral(_pair_texts(pool.rm_pairs) + _texts(pool.blend), s.mistral_rm_vocab),
-                              root / MISTRAL_RM)
+                              root / st.MISTRAL_RM)
     gemma = tf.save_gemma(tf.train_gemma(_texts(pool.blend) + _pair_texts(pool.rm_pairs), s.gemma_rm_vocab),
-                          root / GEMMA_RM)
-    rms = ((MISTRAL_RM, mistral, ck.mistral_rm_config), (GEMMA_RM, gemma, ck.gemma_rm_config))
+                          root / st.GEMMA_RM)
+    rms = ((st.MISTRAL_RM, mistral, ck.mistral_rm_config), (st.GEMMA_RM, gemma, ck.gemma_rm_config))
     for hub_id, toks, make_config in rms:
         t = toks.tokenizer
         config = make_config(s.shape, len(t), t.pad_token_id, t.bos_token_id, t.eos_token_id)

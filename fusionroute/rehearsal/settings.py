@@ -20,14 +20,15 @@ GEMMA_RM = "weqweasdas/RM-Gemma-2B"
 
 @dataclass(frozen=True)
 class Shape:
-    """Transformer size shared by every stand-in (GQA: 4 query heads over 2 key/value heads)."""
+    """Transformer size shared by every stand-in (the Hugging Face config's hidden_size, num_hidden_layers,
+    intermediate_size, num_attention_heads, num_key_value_heads, head_dim)."""
 
-    hidden: int = 64
-    layers: int = 2
-    intermediate: int = 128
-    heads: int = 4
-    kv_heads: int = 2
-    head_dim: int = 16
+    hidden: int
+    layers: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class RehearsalSettings:
-    shape: Shape = Shape()
+    # GQA: 4 query heads over 2 key/value heads
+    shape: Shape = Shape(hidden=64, layers=2, intermediate=128, heads=4, kv_heads=2, head_dim=16)
     llama_regular_vocab: int = 1008   # + Llama-3's 16-token special block = 1024 ids
     gemma_vocab: int = 1000
     mistral_rm_vocab: int = 800       # the reward models' vocabularies differ from the policies'

@@ -146,10 +146,21 @@ def _spread(values: list[float]) -> str:
     return _num(lo) if lo == hi else f"{_num(lo)}-{_num(hi)}"
 
 
+def _markdown_table(columns: list[str], lines: list[str], note: str) -> str:
+    """A Markdown table (header, separator, the given row lines) and a note below it."""
+    head = "| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|\n"
+    return head + "\n".join(lines) + "\n\n" + note
+
+
+APPENDIX_COLUMNS = ["n", "T", "members", "rules", "best gap, deterministic", "best gap, randomised",
+                    "theorem: gap >= T/2-2", "Eq. 8 / 9 / 10 (<= Delta)", "Eq. 5 router", "SFT router, routing only",
+                    "SFT router + Eq. 1"]
+LEARNED_COLUMNS = ["T", "uncovered", "expert margin", "pi* responses meeting a hole", "V*", "routing only (SFT)",
+                   "Eq. 5 router", "best routing rule", "FusionRoute (SFT, Eq. 1)", "prompts FusionRoute misses",
+                   "router margin"]
+
+
 def appendix_markdown(rows: list[dict], cfg: ReportConfig) -> str:
-    head = ("| n | T | members | rules | best gap, deterministic | best gap, randomised | theorem: gap >= T/2-2 "
-            "| Eq. 8 / 9 / 10 (<= Delta) | Eq. 5 router | SFT router, routing only | SFT router + Eq. 1 |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         eqs = f"{_num(r['eq8_best_routing_gap'])} / {_num(r['eq9_single_policy'])} / {_num(r['eq10_generalization'])}"
@@ -161,7 +172,7 @@ def appendix_markdown(rows: list[dict], cfg: ReportConfig) -> str:
     note = (f"Worst case over the family's members of V* - V (V* = T), epsilon = {cfg.epsilon}, Delta = {cfg.delta}. "
             "'rules': behaviourally distinct deterministic routing rules on the family. Learned rows: range over "
             f"seeds {list(cfg.seeds)}, softmax experts with margin {cfg.family_margin}.\n")
-    return head + "\n".join(lines) + "\n\n" + note
+    return _markdown_table(APPENDIX_COLUMNS, lines, note)
 
 
 def aggregate(rows: list[dict], cfg: ReportConfig) -> list[dict]:
@@ -180,9 +191,6 @@ def aggregate(rows: list[dict], cfg: ReportConfig) -> list[dict]:
 
 
 def learned_markdown(agg: list[dict], cfg: ReportConfig) -> str:
-    head = ("| T | uncovered | expert margin | pi* responses meeting a hole | V* | routing only (SFT) | Eq. 5 router "
-            "| best routing rule | FusionRoute (SFT, Eq. 1) | prompts FusionRoute misses | router margin |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for a in agg:
         def pm(key: str) -> str:
@@ -195,7 +203,7 @@ def learned_markdown(agg: list[dict], cfg: ReportConfig) -> str:
     note = (f"Mean ± std over seeds {list(cfg.seeds)} of the mean over {cfg.n_prompts} prompts of V*(x) - V(x) "
             f"(rewards in [0, 1] per token, V = {cfg.vocab_size}, {cfg.n_experts} experts). 'router margin': "
             "smallest log-prob lead of the router's own pi* token over its runner-up on the SFT states.\n")
-    return head + "\n".join(lines) + "\n\n" + note
+    return _markdown_table(LEARNED_COLUMNS, lines, note)
 
 
 # ---------------------------------------------------------------------------------------------

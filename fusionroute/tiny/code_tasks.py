@@ -65,6 +65,7 @@ class CodeTemplate:
 
 
 T = CodeTemplate
+# A starred entry is a family of look-alike templates: one template per row of its `for`, in order.
 TEMPLATES: list[CodeTemplate] = [
     # ---- level 1: scalars --------------------------------------------------
     T("add_const", 1, ["add_{cw}", "plus_{cw}", "increase_by_{cw}"], "x", "(x: int) -> int",
@@ -79,12 +80,10 @@ TEMPLATES: list[CodeTemplate] = [
     T("square", 1, ["square", "square_num", "get_square"], "x", "(x: int) -> int",
       "Write a function to compute the square of a number.", "Return the square of x.",
       "    return x * x", _int(0, 12)),
-    T("is_even", 1, ["is_even", "check_even", "even_check"], "x", "(x: int) -> bool",
-      "Write a function to check whether a number is even.", "Return True if x is even.",
-      "    return x % 2 == 0", _int(0, 40)),
-    T("is_odd", 1, ["is_odd", "check_odd", "odd_check"], "x", "(x: int) -> bool",
-      "Write a function to check whether a number is odd.", "Return True if x is odd.",
-      "    return x % 2 == 1", _int(0, 40)),
+    *(T(f"is_{parity}", 1, [f"is_{parity}", f"check_{parity}", f"{parity}_check"], "x", "(x: int) -> bool",
+        f"Write a function to check whether a number is {parity}.", f"Return True if x is {parity}.",
+        f"    return x % 2 == {remainder}", _int(0, 40))
+      for parity, remainder in (("even", 0), ("odd", 1))),
     T("divisible", 1, ["divisible_by_{cw}", "is_multiple_of_{cw}"], "x", "(x: int) -> bool",
       "Write a function to check whether a number is divisible by {c}.",
       "Return True if x is divisible by {c}.",
@@ -94,12 +93,10 @@ TEMPLATES: list[CodeTemplate] = [
       "Write a function to find the absolute difference of two numbers.",
       "Return the absolute difference of a and b.",
       "    return abs(a - b)", _two_ints(0, 30)),
-    T("max_two", 1, ["max_of_two", "bigger", "larger_num"], "a, b", "(a: int, b: int) -> int",
-      "Write a function to find the larger of two numbers.", "Return the larger of a and b.",
-      "    if a > b:\n        return a\n    return b", _two_ints(0, 30)),
-    T("min_two", 1, ["min_of_two", "smaller", "smaller_num"], "a, b", "(a: int, b: int) -> int",
-      "Write a function to find the smaller of two numbers.", "Return the smaller of a and b.",
-      "    if a < b:\n        return a\n    return b", _two_ints(0, 30)),
+    *(T(f"{fn}_two", 1, [f"{fn}_of_two", alias, f"{which}_num"], "a, b", "(a: int, b: int) -> int",
+        f"Write a function to find the {which} of two numbers.", f"Return the {which} of a and b.",
+        f"    if a {op} b:\n        return a\n    return b", _two_ints(0, 30))
+      for fn, which, alias, op in (("max", "larger", "bigger", ">"), ("min", "smaller", "smaller", "<"))),
     T("sum_double", 1, ["double_sum", "sum_twice"], "a, b", "(a: int, b: int) -> int",
       "Write a function that returns twice the sum of two numbers.", "Return two times a plus b.",
       "    return (a + b) * 2", _two_ints(0, 20)),
@@ -111,12 +108,10 @@ TEMPLATES: list[CodeTemplate] = [
       lambda rng, p: (rng.choice([rng.randint(0, p["lo"] - 1), rng.randint(p["hi"] + 1, 40),
                                   rng.randint(p["lo"], p["hi"])]),),
       lambda r: (lambda lo: {"lo": lo, "hi": lo + r.randint(3, 15)})(r.randint(1, 10))),
-    T("list_max", 2, ["list_max", "find_max", "largest"], "xs", "(xs: List[int]) -> int",
-      "Write a function to find the largest number in a list.", "Return the largest number in xs.",
-      "    return max(xs)", _int_list(), uses_list=True),
-    T("list_min", 2, ["list_min", "find_min", "smallest"], "xs", "(xs: List[int]) -> int",
-      "Write a function to find the smallest number in a list.", "Return the smallest number in xs.",
-      "    return min(xs)", _int_list(), uses_list=True),
+    *(T(f"list_{fn}", 2, [f"list_{fn}", f"find_{fn}", which], "xs", "(xs: List[int]) -> int",
+        f"Write a function to find the {which} number in a list.", f"Return the {which} number in xs.",
+        f"    return {fn}(xs)", _int_list(), uses_list=True)
+      for fn, which in (("max", "largest"), ("min", "smallest"))),
     T("list_sum", 2, ["list_sum", "sum_list", "total"], "xs", "(xs: List[int]) -> int",
       "Write a function to find the sum of a list of numbers.", "Return the sum of the numbers in xs.",
       "    return sum(xs)", _int_list(), uses_list=True),

@@ -490,6 +490,12 @@ def _render(prob: InstructProblem, rng: random.Random, plan: dict, n_items: int)
     return body
 
 
+# Constraints a plan meets with one switch: a flag the renderer honours, or a plan value copied from
+# the instruction's kwargs. A violating plan clears the switch.
+_PLAN_FLAGS = {ID_QUOTE: "quote", ID_JSON: "json", ID_TITLE: "title", ID_COMMA: "no_comma"}
+_PLAN_VALUES = {ID_END: ("end", "end_phrase"), ID_PS: ("ps", "postscript_marker")}
+
+
 def _plan(prob: InstructProblem) -> tuple[dict, tuple[int, int]]:
     """Compliant plan and the range of content items to try."""
     plan: dict = {"kw_sents": []}
@@ -521,18 +527,11 @@ def _plan(prob: InstructProblem) -> tuple[dict, tuple[int, int]]:
                 lo, hi = n, n + 1
         elif iid == ID_WORDS:
             lo, hi = 1, 9
-        elif iid == ID_END:
-            plan["end"] = kw["end_phrase"]
-        elif iid == ID_QUOTE:
-            plan["quote"] = True
-        elif iid == ID_JSON:
-            plan["json"] = True
-        elif iid == ID_TITLE:
-            plan["title"] = True
-        elif iid == ID_COMMA:
-            plan["no_comma"] = True
-        elif iid == ID_PS:
-            plan["ps"] = kw["postscript_marker"]
+        elif iid in _PLAN_FLAGS:
+            plan[_PLAN_FLAGS[iid]] = True
+        elif iid in _PLAN_VALUES:
+            key, kwarg = _PLAN_VALUES[iid]
+            plan[key] = kw[kwarg]
     return plan, (min(lo, hi), hi)
 
 
@@ -567,19 +566,12 @@ def _violate(prob: InstructProblem, plan: dict, idx: int, rng: random.Random,
             rng_lo = rng_hi = max(1, n + rng.choice([-1, 1]) if n > 1 else n + 1)
     elif iid in (ID_SENT, ID_WORDS):
         rng_lo, rng_hi = 1, 9  # the search below keeps a length that violates the bound
-    elif iid == ID_END:
-        plan["end"] = None
-    elif iid == ID_QUOTE:
-        plan["quote"] = False
-    elif iid == ID_JSON:
-        plan["json"] = False
-    elif iid == ID_TITLE:
-        plan["title"] = False
-    elif iid == ID_COMMA:
-        plan["no_comma"] = False
-        plan["require_comma"] = True
-    elif iid == ID_PS:
-        plan["ps"] = None
+    elif iid in _PLAN_FLAGS:
+        plan[_PLAN_FLAGS[iid]] = False
+        if iid == ID_COMMA:
+            plan["require_comma"] = True
+    elif iid in _PLAN_VALUES:
+        plan[_PLAN_VALUES[iid][0]] = None
     if plan.get("bullets") and iid != ID_BULLETS:
         n = prob.kwargs[prob.instruction_id_list.index(ID_BULLETS)]["num_bullets"]
         rng_lo = rng_hi = n

@@ -42,15 +42,17 @@ import hashlib
 import random
 from typing import Callable
 
-from fusionroute.eval.benchmarks import instruction_for
+from fusionroute.eval.benchmarks import BENCHMARKS as _REGISTRY
+from fusionroute.eval.benchmarks import DOMAINS, Benchmark, TinyGenerator, get_benchmark
 from fusionroute.tiny import code_tasks, instruct_tasks, math_tasks
 
-BENCHMARKS = ("gsm8k", "math500", "mbpp", "humaneval", "ifeval")
-DOMAINS = ("math", "code", "instruct")
-BENCH_DOMAIN = {"gsm8k": "math", "math500": "math", "mbpp": "code", "humaneval": "code", "ifeval": "instruct"}
+# The benchmarks the tiny world can generate (each Benchmark's `tiny`), in registry order.
+BENCHMARKS = tuple(name for name, bench in _REGISTRY.items() if bench.tiny is not None)
+BENCH_DOMAIN = {name: _REGISTRY[name].domain for name in BENCHMARKS}
 TEST_FRACTION_DEN = 5  # 1 key in 5 belongs to the test pool
-HUMANEVAL_HEADER = "Complete the following Python function.\n```python\n"
-MBPP_TESTS_HEADER = "\nYour code should pass these tests:\n"
+# The SFT data's code styles. Named here rather than derived from the registry on purpose: the
+# tiny world's training recipe must not change when a benchmark is added.
+_MBPP, _HUMANEVAL = get_benchmark("mbpp"), get_benchmark("humaneval")
 
 
 # ---------------------------------------------------------------------------
@@ -88,43 +90,28 @@ def _draw(sampler: Callable, rng: random.Random, level: int | None, test: bool,
 
 
 # ---------------------------------------------------------------------------
-# instruction / response formatting (the instruction text is fusionroute.eval.benchmarks.instruction_for,
-# the one contract shared by training data and evaluation: docs/CONTRACTS.md)
+# instruction / response formatting (the instruction text is the benchmark's own `instruction`,
+# the one contract shared by training data and evaluation: docs/CONTRACTS.md; the records are its
+# `tiny` generator's, fusionroute/eval/benchmarks/<name>.py)
 # ---------------------------------------------------------------------------
 def _fence(code: str) -> str:
     return "```python\n" + code.rstrip("\n") + "\n```"
-
-
-def _gsm_record(p: math_tasks.MathProblem) -> dict:
-    return {"question": p.text, "answer": "\n".join(p.lines) + f"\n#### {p.answer}"}
-
-
-def _math500_record(p: math_tasks.MathProblem, i: int) -> dict:
-    slug = p.subject.lower().replace(" ", "_")
-    return {"problem": p.text, "solution": "\n".join(p.lines) + f"\nSo the answer is $\\boxed{{{p.answer}}}$.",
-            "answer": p.answer, "subject": p.subject, "level": int(p.mlevel),
-            "unique_id": f"tiny/{slug}/{i}.json"}
-
-
-def _mbpp_record(p: code_tasks.CodeProblem, i: int) -> dict:
-    return {"task_id": i, "text": p.mbpp_text(), "code": p.mbpp_code(), "test_list": p.test_asserts(),
-            "test_setup_code": "", "challenge_test_list": []}
-
-
-def _humaneval_record(p: code_tasks.CodeProblem, i: int) -> dict:
-    return {"task_id": f"TinyEval/{i}", "prompt": p.he_prompt(), "canonical_solution": p.body.rstrip("\n") + "\n",
-            "test": p.he_test(), "entry_point": p.name}
 
 
 def _sample_math_any(rng: random.Random, level: int, math_frac: float = 0.4):
     return math_tasks.sample_math(rng, level) if rng.random() < math_frac else math_tasks.sample_gsm(rng, level)
 
 
-def _sampler_for(name: str) -> Callable:
-    return {"gsm8k": math_tasks.sample_gsm, "math500": math_tasks.sample_math, "mbpp": code_tasks.sample_code,
-            "humaneval": code_tasks.sample_code, "ifeval": instruct_tasks.sample_instruct,
-            "math": _sample_math_any, "code": code_tasks.sample_code,
-            "instruct": instruct_tasks.sample_instruct}[name]
+def _code_instruction(bench: Benchmark, p: code_tasks.CodeProblem) -> str:
+    """The instruction `bench` gives for a code problem: the one its evaluation records get."""
+    return bench.instruction(bench.tiny().record(p, 0))
+
+
+def _generator(name: str) -> TinyGenerator:
+    bench = _REGISTRY.get(name)
+    if bench is None or bench.tiny is None:
+        raise ValueError(f"unknown benchmark {name!r}; expected one of {BENCHMARKS}")
+    return bench.tiny()
 
 
 # ---------------------------------------------------------------------------
@@ -137,28 +124,13 @@ def make_benchmark(name: str, n: int, seed: int, level: int | None = None) -> li
 
 def benchmark_items(name: str, n: int, seed: int, level: int | None = None) -> list[tuple[str, dict]]:
     """(split key, record) pairs behind :func:`make_benchmark`."""
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; expected one of {BENCHMARKS}")
+    gen = _generator(name)
     rng = random.Random(f"tiny-bench|{name}|{seed}")
     seen: set = set()
-    out: list[dict] = []
-    accept = None
-    if name == "ifeval":
-        # keep only prompts that a compliant response exists for
-        accept = lambda p: instruct_tasks.build_response(p, random.Random(p.key)) is not None  # noqa: E731
+    out: list[tuple[str, dict]] = []
     for i in range(n):
-        p = _draw(_sampler_for(name), rng, level, test=True, seen=seen, accept=accept)
-        if name == "gsm8k":
-            rec = _gsm_record(p)
-        elif name == "math500":
-            rec = _math500_record(p, i)
-        elif name == "mbpp":
-            rec = _mbpp_record(p, 11 + i)
-        elif name == "humaneval":
-            rec = _humaneval_record(p, i)
-        else:
-            rec = instruct_tasks.to_ifeval_record(p, 1000 + i)
-        out.append((p.key, rec))
+        p = _draw(gen.sample, rng, level, test=True, seen=seen, accept=gen.accept)
+        out.append((p.key, gen.record(p, i)))
     return out
 
 
@@ -172,10 +144,9 @@ def _sft_item(domain: str, rng: random.Random, level: int | None, test: bool = F
     elif domain == "code":
         p = _draw(code_tasks.sample_code, rng, level, test)
         if rng.random() < 0.5:
-            style, instr, resp = "mbpp", instruction_for("mbpp", _mbpp_record(p, 0)), _fence(p.mbpp_code())
+            style, instr, resp = _MBPP.name, _code_instruction(_MBPP, p), _fence(p.mbpp_code())
         else:
-            style, instr, resp = ("humaneval", instruction_for("humaneval", _humaneval_record(p, 0)),
-                                  _fence(p.he_full()))
+            style, instr, resp = _HUMANEVAL.name, _code_instruction(_HUMANEVAL, p), _fence(p.he_full())
     elif domain == "instruct":
         while True:
             p = _draw(instruct_tasks.sample_instruct, rng, level, test)

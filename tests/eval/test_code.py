@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 
 from eval_data import MBPP
-from fusionroute.eval.benchmarks import load_records
-from fusionroute.eval.code import (
-    build_humaneval_program, build_mbpp_program, defines, extract_code, fenced_blocks,
-    judge_code, mbpp_entry_point)
+from fusionroute.eval.benchmarks import get_benchmark, load_records
+from fusionroute.eval.benchmarks.humaneval import build_humaneval_program
+from fusionroute.eval.benchmarks.mbpp import build_mbpp_program, mbpp_entry_point
+from fusionroute.eval.code import defines, extract_code, fenced_blocks, judge_code
 
 FULL_FN = "def add(a, b):\n    return a + b\n"
 
@@ -83,7 +83,7 @@ def test_judge_code_mbpp_styles():
              "```python\ndef square_perimeter(a):\n    while True:\n        pass\n```",
              "I cannot solve this."]
     records = MBPP * 3
-    results = judge_code("mbpp", records, good + bare + wrong, workers=2)
+    results = judge_code(build_mbpp_program, records, good + bare + wrong, workers=2)
     assert [r.correct for r in results] == [True] * 8 + [False] * 4
     assert results[10].result.status == "timeout"
 
@@ -99,11 +99,12 @@ def test_judge_code_humaneval_styles(humaneval):
     assert all("import" not in f and "def is_palindrome" not in f for f in full_fn)
     continuation = [r["canonical_solution"] for r in recs]
     empty = ["    pass\n"] * len(recs)
-    results = judge_code("humaneval", recs * 3, full_fn + continuation + empty, workers=2)
+    results = judge_code(build_humaneval_program, recs * 3, full_fn + continuation + empty, workers=2)
     assert [r.correct for r in results] == [True] * 8 + [False] * 4, [
         (r.result.reason, r.result.stderr[-200:]) for r in results]
 
 
-def test_unknown_code_benchmark():
-    with pytest.raises(ValueError, match="not a code benchmark"):
-        judge_code("gsm8k", [], [])
+def test_only_code_benchmarks_build_programs():
+    assert get_benchmark("mbpp").build_program is build_mbpp_program
+    assert get_benchmark("humaneval").build_program is build_humaneval_program
+    assert get_benchmark("gsm8k").build_program is None

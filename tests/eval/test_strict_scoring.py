@@ -105,6 +105,7 @@ def test_point5_non_utf8_input_is_a_clear_error(tmp_path, capsys, which):
 
 
 def test_point6_oversized_code_completion_is_refused_before_running(tmp_path):
+    from fusionroute.eval.benchmarks.mbpp import build_mbpp_program
     from fusionroute.eval.code import MAX_COMPLETION_CHARS, judge_code
 
     records = load_records("mbpp", write_jsonl(tmp_path / "mbpp.jsonl", MBPP[:2]))
@@ -119,7 +120,7 @@ def test_point6_oversized_code_completion_is_refused_before_running(tmp_path):
     assert "not run" in scores["samples"][0]["reason"] and scores["samples"][0]["duration_s"] == 0.0
     assert scores["partial"] is True and scores["not_run_ids"] == ["11"]
     # The judge itself never hands such a program to the sandbox either.
-    [judged] = judge_code("mbpp", records[:1], [huge])
+    [judged] = judge_code(build_mbpp_program, records[:1], [huge])
     assert not judged.correct and "not run" in judged.result.reason
 
 

