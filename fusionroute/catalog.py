@@ -7,6 +7,8 @@ job, naming the key and the allowed values. Plain Python and YAML: no torch impo
 """
 from __future__ import annotations
 
+import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +17,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 CATALOG_FILE = REPO / "config" / "methods.yaml"
 SCHEMA_FILE = REPO / "workflow" / "schemas" / "methods.schema.yaml"
+CONFIG_SCHEMA_FILE = REPO / "workflow" / "schemas" / "config.schema.yaml"
 BUILT_MODEL_REFS = ("experts", "base", "router", "router_sft", "finetuned", "finetuned_sft", "reward_model")
 MERGE_PREFIX = "merge:"
+# Trained models a sweep can retrain with other settings: ref -> (config section, its stages).
+# A stage's model is trained from the previous stage's, so `router` depends on sft and mix settings.
+TRAINED_REFS = {"router_sft": ("fusionroute", ("sft",)), "router": ("fusionroute", ("sft", "mix")),
+                "finetuned_sft": ("finetuned", ("sft",)), "finetuned": ("finetuned", ("sft", "mix"))}
+PREVIOUS_STAGE = {"router": "router_sft", "finetuned": "finetuned_sft"}
+VARIANT_MARK = "@"     # <method or model>@<key>~<value>,...: Paramspace's key~value naming, one path segment
+_VALUE_CHARS = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
 class CatalogError(ValueError):
@@ -75,6 +85,14 @@ def _check_kind(spec: dict, kinds: dict[str, str], where: str) -> None:
 def check_model_ref(ref: str, experts: list[str], merges: list[str], where: str) -> None:
     if ref in BUILT_MODEL_REFS or ref in experts:
         return
+    base, _, settings = ref.partition(VARIANT_MARK)
+    if settings and base in TRAINED_REFS:
+        stages = TRAINED_REFS[base][1]
+        for key in parse_settings(settings, where):
+            if key.split(".", 1)[0] not in stages:
+                raise CatalogError(f"{where}: {ref!r} varies {key!r}, which {base!r} is not trained with; "
+                                   f"allowed stages: {', '.join(stages)}")
+        return
     if ref.startswith(MERGE_PREFIX) and ref[len(MERGE_PREFIX):] in merges:
         return
     allowed = [*BUILT_MODEL_REFS, *experts, *(MERGE_PREFIX + m for m in merges)]
@@ -120,11 +138,164 @@ def family_methods(catalog: dict, config: dict, family: str) -> dict[str, dict]:
         _check_kind(spec, catalog["kinds"], where)
         out[name] = {"kind": spec["kind"], "models": dict(spec["models"]), "params": _params(spec, config),
                      "label": spec.get("label", name), "group": spec.get("group", "Other")}
+    out = {**out, **sweep_methods(out, config)}
     for name, spec in out.items():
         for key, ref in spec["models"].items():
             check_model_ref(ref, experts, merges, f"{name}.models.{key}")
         spec["module"] = catalog["kinds"][spec["kind"]]
     return out
+
+
+# ---- sweeps: a method at other settings, as rows of their own --------------------------------------
+def format_settings(overrides: dict[str, Any]) -> str:
+    """{"mix.beta": 0.5} -> "mix.beta~0.5": sorted key~value pairs, the part of a name after '@'."""
+    return ",".join(f"{key}~{_format_value(value)}" for key, value in sorted(overrides.items()))
+
+
+def _format_value(value: Any) -> str:
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    if not _VALUE_CHARS.match(text):
+        raise CatalogError(f"sweep value {value!r}: only letters, digits and _.+- can name a path")
+    return text
+
+
+def parse_settings(settings: str, where: str = "settings") -> dict[str, Any]:
+    """The inverse of format_settings; values read as YAML scalars (0.5 -> float, 400 -> int)."""
+    out = {}
+    for part in settings.split(","):
+        key, sep, text = part.partition("~")
+        if not sep or not key or not text:
+            raise CatalogError(f"{where}: {settings!r} is not key~value[,key~value...]")
+        out[key] = yaml.safe_load(text)
+    return out
+
+
+def stage_settings(config: dict, ref: str, stage: str) -> dict:
+    """The settings a trained model reference (router, router@mix.beta~0.5, ...) is trained with
+    at `stage` (sft or mix): the config's section with the reference's overrides of that stage."""
+    base, _, settings = ref.partition(VARIANT_MARK)
+    section = TRAINED_REFS[base][0]
+    values = dict(config[section][stage])
+    for key, value in (parse_settings(settings) if settings else {}).items():
+        if key.split(".", 1)[0] == stage:
+            values[key.split(".", 1)[1]] = value
+    return values
+
+
+def previous_stage_ref(ref: str) -> str:
+    """router@sft.lr~0.002,mix.beta~0.5 -> router_sft@sft.lr~0.002; router@mix.beta~0.5 -> router_sft."""
+    base, _, settings = ref.partition(VARIANT_MARK)
+    previous = PREVIOUS_STAGE[base]
+    kept = {k: v for k, v in (parse_settings(settings) if settings else {}).items() if k.startswith("sft.")}
+    return f"{previous}{VARIANT_MARK}{format_settings(kept)}" if kept else previous
+
+
+def sweep_methods(methods: dict[str, dict], config: dict) -> dict[str, dict]:
+    """config `sweeps: {method: {key: [values]}}` -> one row per combination of values, named
+    <method>@<key>~<value>,...; keys are `params.<p>` (the generator's settings) or `sft.<k>` /
+    `mix.<k>` (the training of the router or fine-tuned model it decodes with; those models are
+    retrained under build/<world>/<family>/variants/). A combination equal to the config's own
+    settings is the method itself: its cells are reused, only its label names the setting."""
+    out: dict[str, dict] = {}
+    for name, grid in (config.get("sweeps") or {}).items():
+        where = f"sweeps.{name}"
+        if name not in methods:
+            raise CatalogError(f"{where}: unknown method {name!r}; known: {', '.join(methods)}")
+        base = methods[name]
+        base_label = base["label"]
+        keys = sorted(grid)
+        for key in keys:
+            _check_sweep_key(base, key, config, f"{where}.{key}")
+        for values in itertools.product(*(grid[k] for k in keys)):
+            overrides = dict(zip(keys, values))
+            variant = _variant(base, overrides, config, f"{where}")
+            label = f"{base_label} ({', '.join(f'{k}={_format_value(v)}' for k, v in overrides.items())})"
+            if variant is None:                  # the config's own settings: the base row, relabelled
+                base["label"] = label
+                continue
+            out[f"{name}{VARIANT_MARK}{format_settings(overrides)}"] = {**variant, "label": label}
+    return out
+
+
+def _trained_refs(spec: dict) -> list[str]:
+    return [ref for ref in spec["models"].values() if ref in TRAINED_REFS]
+
+
+def _check_sweep_key(spec: dict, key: str, config: dict, where: str) -> None:
+    group, _, field = key.partition(".")
+    if group == "params" and field:
+        if field not in spec["params"]:
+            raise CatalogError(f"{where}: {field!r} is not a setting of this method; allowed: "
+                               f"{', '.join('params.' + p for p in spec['params']) or '(none)'}")
+        return
+    stages = sorted({s for ref in _trained_refs(spec) for s in TRAINED_REFS[ref][1]})
+    sections = {TRAINED_REFS[ref][0] for ref in _trained_refs(spec)}
+    if group in stages and field:
+        known = {k for section in sections for k in _stage_keys(section, group)}
+        if field in known:
+            return
+        raise CatalogError(f"{where}: {field!r} is not a key of {'/'.join(sorted(sections))}.{group}; "
+                           f"allowed: {', '.join(sorted(group + '.' + k for k in known))}")
+    allowed = ["params.<setting>", *(f"{s}.<key>" for s in stages)]
+    raise CatalogError(f"{where}: cannot vary {key!r} for this method; allowed: {', '.join(allowed)}")
+
+
+def _stage_keys(section: str, stage: str) -> list[str]:
+    """The keys the config schema allows in `section.stage` (set in the config or not)."""
+    schema = read_yaml(CONFIG_SCHEMA_FILE)
+    node = schema["properties"][section]["properties"][stage]
+    if "$ref" in node:
+        node = schema["definitions"][node["$ref"].rsplit("/", 1)[-1]]
+    return list(node["properties"])
+
+
+def _variant(spec: dict, overrides: dict[str, Any], config: dict, where: str) -> dict | None:
+    """The method at `overrides`, or None when they equal its own settings."""
+    params = dict(spec["params"])
+    trained: dict[str, Any] = {}
+    for key, value in overrides.items():
+        group, _, field = key.partition(".")
+        if group == "params":
+            params[field] = value
+        else:
+            trained[key] = value
+    models = dict(spec["models"])
+    for role, ref in spec["models"].items():
+        if ref not in TRAINED_REFS:
+            continue
+        section, stages = TRAINED_REFS[ref]
+        own = {k: v for k, v in trained.items() if k.split(".", 1)[0] in stages
+               and config[section][k.split(".", 1)[0]].get(k.split(".", 1)[1]) != v}
+        if own:
+            models[role] = f"{ref}{VARIANT_MARK}{format_settings(own)}"
+            _check_trained_settings(config, models[role], f"{where}")
+    if params == spec["params"] and models == spec["models"]:
+        return None
+    return {**spec, "params": params, "models": models}
+
+
+def _check_trained_settings(config: dict, ref: str, where: str) -> None:
+    """The overridden section must still satisfy the config schema (a negative beta stops here)."""
+    base = ref.partition(VARIANT_MARK)[0]
+    section, stages = TRAINED_REFS[base]
+    changed = {**config, section: {**config[section], **{s: stage_settings(config, ref, s) for s in stages}}}
+    try:
+        _validate(changed, read_yaml(CONFIG_SCHEMA_FILE), where)
+    except CatalogError as err:
+        raise CatalogError(f"{err} (in the settings of {ref!r})") from None
+
+
+def tables_with_sweeps(config: dict, methods: dict[str, dict]) -> dict[str, list[str]]:
+    """The config's tables, each sweep row (a name in `methods`, one family's) right after the
+    method it varies."""
+    tables = {}
+    for table, rows in (config.get("tables") or {}).items():
+        out = []
+        for name in rows:
+            out.append(name)
+            out += [m for m in methods if m.partition(VARIANT_MARK)[0] == name and m != name]
+        tables[table] = out
+    return tables
 
 
 def check_config(config: dict, catalog: dict) -> dict[str, dict[str, dict]]:

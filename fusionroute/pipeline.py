@@ -116,6 +116,23 @@ def load_pairs(path: str, tokenizer, template: str, max_len: int) -> list:
     return pairs
 
 
+def _checkpoint(inputs: dict, outputs: dict, params: dict) -> Path:
+    """A training step's resumable state (beside its model), kept only for the same input files,
+    models, params and code (fusionroute.training.keyed_checkpoint)."""
+    from fusionroute.training import keyed_checkpoint
+
+    files = {k: [_fingerprint(v) for v in value] if isinstance(value, list) else _fingerprint(value)
+             for k, value in sorted(inputs.items())}
+    return keyed_checkpoint(Path(outputs["model"] + ".ckpt"),
+                            {"inputs": files, "models": _model_files(params["models"]), "params": params})
+
+
+def _fingerprint(path: str) -> dict:
+    from fusionroute.trainers import model_fingerprint
+
+    return model_fingerprint(path)
+
+
 @step
 def finetune_lm(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     """Supervised fine-tuning of a causal LM with the LM loss only (the tiny experts)."""
@@ -134,7 +151,7 @@ def finetune_lm(inputs: dict, outputs: dict, params: dict, threads: int) -> None
     encoded = load_sft_encoded(inputs["data"], tokenizer, params["prompt_template"], params["max_len"])
     cfg = OptimConfig.from_dict({**params["optim"], "seed": params["seed"]})
     result = train_lm(model, encoded, cfg, tokenizer.pad_token_id, params.get("desc", "fine-tune"),
-                      checkpoint_dir=Path(outputs["model"] + ".ckpt"))
+                      checkpoint_dir=_checkpoint(inputs, outputs, params))
     save_trained(result.modules["model"], outputs["model"], tokenizer)
     if is_main_process():
         write_log(outputs["log"], result.log)
@@ -203,7 +220,7 @@ def router_sft(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     experts = _load_experts(models["experts"], dtype, process_device(device)) if routing.reading == "mixture" else None
     cfg = OptimConfig.from_dict({**params["optim"], "seed": params["seed"]})
     result = train_router_sft(router, encoded, features, cfg, routing, tokenizer.pad_token_id, experts,
-                              checkpoint_dir=Path(outputs["model"] + ".ckpt"))
+                              checkpoint_dir=_checkpoint(inputs, outputs, params))
     save_trained(result.modules["router"], outputs["model"], tokenizer)
     if is_main_process():
         write_log(outputs["log"], result.log)
@@ -262,7 +279,7 @@ def mix_train(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
     _seed_everything(params["seed"])  # the policy's set-up (LoRA init) sees the same RNG, stored reference or not
     policy = prepare_for_training(load(load_device(device)), params.get("scaling"))
     result = run_mix(policy, sft, sft_features, pairs, frozen, cfg, mix, tokenizer.pad_token_id,
-                     "mix training" if is_router else "SFT+DPO mix", checkpoint_dir=Path(outputs["model"] + ".ckpt"))
+                     "mix training" if is_router else "SFT+DPO mix", checkpoint_dir=_checkpoint(inputs, outputs, params))
     save_trained(result.modules["policy"], outputs["model"], tokenizer)
     if is_main_process():
         write_log(outputs["log"], result.log, {

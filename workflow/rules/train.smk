@@ -38,9 +38,9 @@ rule router_sft:
         scaling=lambda w: training_settings(w.family),
         models=lambda w: models_param(w.family, {"init": FAMILIES[w.family]["router_init"], "experts": "experts"}),
         expert_names=lambda w: experts(w.family),
-        optim={k: v for k, v in FR["sft"].items() if k not in ("lam", "reading")},
-        lam=FR["sft"]["lam"],
-        reading=FR["sft"]["reading"],
+        optim=lambda w: {k: v for k, v in stage(w, "router_sft", "sft").items() if k not in ("lam", "reading")},
+        lam=lambda w: stage(w, "router_sft", "sft")["lam"],
+        reading=lambda w: stage(w, "router_sft", "sft")["reading"],
     threads: config["threads"]
     resources:
         gpu=lambda w: 0 if is_tiny(w.family) else 1,
@@ -55,9 +55,18 @@ rule router_sft:
 MIX_KEYS = ("lam", "beta", "n_sft", "n_pref", "reading")
 
 
+def mix_params(ref, section):
+    """A mix-training rule's params: the optimiser settings apart, each mix key its own param (so a
+    change reruns exactly the jobs it affects), read for the job's model or sweep variant."""
+    return {
+        "optim": lambda w: {k: v for k, v in stage(w, ref, "mix").items() if k not in MIX_KEYS},
+        **{k: (lambda w, k=k: stage(w, ref, "mix")[k]) for k in MIX_KEYS if k in section["mix"]},
+    }
+
+
 rule router_mix:
     input:
-        router_sft=f"{BUILD}/{{family}}/router_sft",
+        router_sft=lambda w: model_location(w.family, previous_stage(w, "router"))[0],
         sft=MIX_SFT_DATA,
         preferences=PREF_DATA,
         sft_features=f"{BUILD}/{{family}}/features/{MIX_FEATURES}.pt",
@@ -70,9 +79,8 @@ rule router_mix:
         common=lambda w: COMMON,
         scaling=lambda w: training_settings(w.family),
         policy="router",
-        models=lambda w: models_param(w.family, {"init": "router_sft"}),
-        optim={k: v for k, v in FR["mix"].items() if k not in MIX_KEYS},
-        **{k: v for k, v in FR["mix"].items() if k in MIX_KEYS},
+        models=lambda w: models_param(w.family, {"init": previous_stage(w, "router")}),
+        **mix_params("router", FR),
     threads: config["threads"]
     resources:
         gpu=lambda w: 0 if is_tiny(w.family) else 1,
@@ -96,7 +104,7 @@ rule finetuned_sft:
         common=lambda w: COMMON,
         scaling=lambda w: training_settings(w.family),
         models=lambda w: models_param(w.family, {"init": FAMILIES[w.family]["router_init"]}),
-        optim=FT["sft"],
+        optim=lambda w: stage(w, "finetuned_sft", "sft"),
         desc="fine-tuned SFT",
     threads: config["threads"]
     resources:
@@ -111,7 +119,7 @@ rule finetuned_sft:
 
 rule finetuned_mix:
     input:
-        init=f"{BUILD}/{{family}}/finetuned_sft",
+        init=lambda w: model_location(w.family, previous_stage(w, "finetuned"))[0],
         sft=MIX_SFT_DATA,
         preferences=PREF_DATA,
     output:
@@ -122,9 +130,8 @@ rule finetuned_mix:
         common=lambda w: COMMON,
         scaling=lambda w: training_settings(w.family),
         policy="lm",
-        models=lambda w: models_param(w.family, {"init": "finetuned_sft"}),
-        optim={k: v for k, v in FT["mix"].items() if k not in MIX_KEYS},
-        **{k: v for k, v in FT["mix"].items() if k in MIX_KEYS},
+        models=lambda w: models_param(w.family, {"init": previous_stage(w, "finetuned")}),
+        **mix_params("finetuned", FT),
     threads: config["threads"]
     resources:
         gpu=lambda w: 0 if is_tiny(w.family) else 1,
@@ -134,3 +141,52 @@ rule finetuned_mix:
         f"benchmarks/{WORLD}/{{family}}/finetuned_mix.tsv"
     script:
         "../scripts/step.py"
+
+
+# Sweep variants (config `sweeps`, fusionroute/catalog.py): the same jobs at other settings, each
+# under a path named by its settings (build/<world>/<family>/variants/router@mix.beta~0.5), so
+# the default models and every cell made from them stay.
+VARIANTS = f"{BUILD}/{{family}}/variants"
+wildcard_constraints:
+    settings="[^/]+",
+
+
+def variant_outputs(ref, log_name):
+    return {"model": directory(f"{VARIANTS}/{ref}@{{settings}}"),
+            "log": f"{BUILD}/{{family}}/logs/{log_name}@{{settings}}.json"}
+
+
+use rule router_sft as router_sft_variant with:
+    output:
+        **variant_outputs("router_sft", "router_sft"),
+    log:
+        f"logs/{WORLD}/{{family}}/router_sft@{{settings}}.log",
+    benchmark:
+        f"benchmarks/{WORLD}/{{family}}/router_sft@{{settings}}.tsv"
+
+
+use rule router_mix as router_mix_variant with:
+    output:
+        **variant_outputs("router", "router_mix"),
+    log:
+        f"logs/{WORLD}/{{family}}/router_mix@{{settings}}.log",
+    benchmark:
+        f"benchmarks/{WORLD}/{{family}}/router_mix@{{settings}}.tsv"
+
+
+use rule finetuned_sft as finetuned_sft_variant with:
+    output:
+        **variant_outputs("finetuned_sft", "finetuned_sft"),
+    log:
+        f"logs/{WORLD}/{{family}}/finetuned_sft@{{settings}}.log",
+    benchmark:
+        f"benchmarks/{WORLD}/{{family}}/finetuned_sft@{{settings}}.tsv"
+
+
+use rule finetuned_mix as finetuned_mix_variant with:
+    output:
+        **variant_outputs("finetuned", "finetuned_mix"),
+    log:
+        f"logs/{WORLD}/{{family}}/finetuned_mix@{{settings}}.log",
+    benchmark:
+        f"benchmarks/{WORLD}/{{family}}/finetuned_mix@{{settings}}.tsv"
