@@ -7,6 +7,7 @@ job, naming the key and the allowed values. Plain Python and YAML: no torch impo
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from pathlib import Path
@@ -208,7 +209,7 @@ def sweep_methods(methods: dict[str, dict], config: dict) -> dict[str, dict]:
             _check_sweep_key(base, key, config, f"{where}.{key}")
         for values in itertools.product(*(grid[k] for k in keys)):
             overrides = dict(zip(keys, values))
-            variant = _variant(base, overrides, config, f"{where}")
+            variant = _variant(base, overrides, config, where)
             label = f"{base_label} ({', '.join(f'{k}={_format_value(v)}' for k, v in overrides.items())})"
             if variant is None:                  # the config's own settings: the base row, relabelled
                 base["label"] = label
@@ -240,9 +241,14 @@ def _check_sweep_key(spec: dict, key: str, config: dict, where: str) -> None:
     raise CatalogError(f"{where}: cannot vary {key!r} for this method; allowed: {', '.join(allowed)}")
 
 
+@functools.lru_cache(maxsize=1)
+def _config_schema() -> dict:
+    return read_yaml(CONFIG_SCHEMA_FILE)
+
+
 def _stage_keys(section: str, stage: str) -> list[str]:
     """The keys the config schema allows in `section.stage` (set in the config or not)."""
-    schema = read_yaml(CONFIG_SCHEMA_FILE)
+    schema = _config_schema()
     node = schema["properties"][section]["properties"][stage]
     if "$ref" in node:
         node = schema["definitions"][node["$ref"].rsplit("/", 1)[-1]]
@@ -268,7 +274,7 @@ def _variant(spec: dict, overrides: dict[str, Any], config: dict, where: str) ->
                and config[section][k.split(".", 1)[0]].get(k.split(".", 1)[1]) != v}
         if own:
             models[role] = f"{ref}{VARIANT_MARK}{format_settings(own)}"
-            _check_trained_settings(config, models[role], f"{where}")
+            _check_trained_settings(config, models[role], where)
     if params == spec["params"] and models == spec["models"]:
         return None
     return {**spec, "params": params, "models": models}
@@ -280,7 +286,7 @@ def _check_trained_settings(config: dict, ref: str, where: str) -> None:
     section, stages = TRAINED_REFS[base]
     changed = {**config, section: {**config[section], **{s: stage_settings(config, ref, s) for s in stages}}}
     try:
-        _validate(changed, read_yaml(CONFIG_SCHEMA_FILE), where)
+        _validate(changed, _config_schema(), where)
     except CatalogError as err:
         raise CatalogError(f"{err} (in the settings of {ref!r})") from None
 

@@ -121,16 +121,8 @@ def _checkpoint(inputs: dict, outputs: dict, params: dict) -> Path:
     models, params and code (fusionroute.training.keyed_checkpoint)."""
     from fusionroute.training import keyed_checkpoint
 
-    files = {k: [_fingerprint(v) for v in value] if isinstance(value, list) else _fingerprint(value)
-             for k, value in sorted(inputs.items())}
     return keyed_checkpoint(Path(outputs["model"] + ".ckpt"),
-                            {"inputs": files, "models": _model_files(params["models"]), "params": params})
-
-
-def _fingerprint(path: str) -> dict:
-    from fusionroute.trainers import model_fingerprint
-
-    return model_fingerprint(path)
+                            {"inputs": _model_files(inputs), "models": _model_files(params["models"]), "params": params})
 
 
 @step
@@ -320,7 +312,7 @@ def benchmark_data(inputs: dict, outputs: dict, params: dict, threads: int) -> N
 
 
 def _model_files(models: dict[str, Any]) -> dict[str, Any]:
-    """Fingerprints of the files behind every model location (a hub id: the id itself)."""
+    """Fingerprints of the files behind every path (a model folder, a data file; a hub id: the id itself)."""
     from fusionroute.trainers import model_fingerprint
 
     return {key: [model_fingerprint(v) for v in value] if isinstance(value, list) else model_fingerprint(value)
