@@ -1,6 +1,7 @@
 """Training data of the hub-sourced (paper) worlds: the router's SFT mix and its preference pairs.
 
-The workflow's rule `hub_data` (workflow/rules/hub.smk) writes, from the config's `training_data`:
+The workflow's rule `hub_data` (workflow/rules/hub.smk; its step in fusionroute/steps/hub.py) writes,
+through `build_training_data`, from the config's `training_data`:
 - `sft_mix.jsonl`     records {"id", "instruction", "response"}            (PerfectBlend in the paper)
 - `preferences.jsonl` records {"id", "instruction", "chosen", "rejected"}  (OpenHermesPreferences)
 - `sft_holdout.jsonl` records {"id", "instruction", "response"}: the SFT test hold-out, never
@@ -309,17 +310,3 @@ def general_from_holdout(holdout: list[dict], n: int | None) -> list[dict]:
     (the first n hold-out records; an LLM judge needs no reference)."""
     rows = holdout if n is None else holdout[:n]
     return [{"id": r["id"], "instruction": r["instruction"], "reference": None} for r in rows]
-
-
-# ----------------------------------------------------------------------------------------------
-# Workflow step (rule `hub_data` in workflow/rules/hub.smk)
-# ----------------------------------------------------------------------------------------------
-from fusionroute.steps import step  # noqa: E402
-
-
-@step
-def hub_data(inputs: dict, outputs: dict, params: dict, threads: int) -> None:
-    stats = build_training_data(params["sft"], params["preferences"], params["seed"], outputs["sft_mix"],
-                                outputs["holdout"], outputs["preferences"], outputs.get("stats"),
-                                outputs.get("mix_sft"))
-    print(json.dumps(stats, indent=2))

@@ -132,7 +132,7 @@ DEFAULT_LORA_TARGETS = _const("fusionroute.scaling", "DEFAULT_LORA_TARGETS",
                               ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 AUTO_LORA = _const("fusionroute.scaling", "AUTO_LORA", {"r": 64, "alpha": 128})
 DEFAULT_LORA_ABOVE_PARAMS = _const("fusionroute.scaling", "DEFAULT_LORA_ABOVE_PARAMS", 3.0e9)
-REFERENCE_BATCH_SIZE = 16     # fusionroute.pipeline.mix_train: optim.reference_batch_size default
+REFERENCE_BATCH_SIZE = 16     # fusionroute.steps.train.mix_train: optim.reference_batch_size default
 REWARD_BATCH_SIZE = 16        # baselines.methods: reward_batch_size default
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 

@@ -393,7 +393,8 @@ def test_expert_features_step(tokenizer, tokenizer_dir, tmp_path, capsys):
 
     from fusionroute.experts import ExpertPool
     from fusionroute.io import write_jsonl
-    from fusionroute.pipeline import load_pairs, load_sft_encoded, run_step
+    from fusionroute.steps import run_step
+    from fusionroute.steps.train import load_pairs, load_sft_encoded
 
     dirs = []
     for seed in (1, 2, 3):

@@ -16,7 +16,7 @@ from fusionroute.hub_data import (
     sft_subsets,
 )
 from fusionroute.io import read_json, read_jsonl, write_json, write_jsonl
-from fusionroute.pipeline import run_step
+from fusionroute.steps import run_step
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -208,7 +208,7 @@ def test_tiny_general_set_and_verifier_judge(tmp_path):
 
 
 def test_openai_judge_settings_from_config(monkeypatch):
-    from fusionroute.judging import build_judge
+    from fusionroute.steps.judge import build_judge
 
     monkeypatch.setenv("MY_JUDGE_KEY", "sk-test")
     judge = build_judge({"backend": "openai", "openai": {"model": "gpt-4o", "base_url": "http://127.0.0.1:9/v1",

@@ -81,7 +81,16 @@ def test_no_import_cycle():
 def test_library_never_imports_a_step_module():
     graph = import_graph()
     steps = set(STEP_MODULES)
-    upward = {(m, t) for m, targets in graph.items() for t in targets & steps
+    # the step modules and their shared helpers: every module of fusionroute/steps/ but the registry
+    step_package = {m for m in graph if m.startswith("fusionroute.steps.")}
+    upward = {(m, t) for m, targets in graph.items() for t in targets & (steps | step_package)
               if m not in steps and not m.startswith("fusionroute.steps")}
     assert upward == set()
     assert all(m in graph for m in steps)
+
+
+def test_step_modules_are_the_step_package():
+    """STEP_MODULES names every module of fusionroute/steps/ that defines steps, and only those."""
+    helpers = {"fusionroute.steps.__main__", "fusionroute.steps.common"}
+    package = {m for m in import_graph() if m.startswith("fusionroute.steps.")} - helpers
+    assert set(STEP_MODULES) == package

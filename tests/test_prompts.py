@@ -39,7 +39,7 @@ def test_limit_below_the_template_is_an_error(tokenizer):
 
 
 def test_generate_step_cuts_and_says_so(tokenizer_dir, capsys):
-    from fusionroute.pipeline import _fit_instructions
+    from fusionroute.steps.evaluate import _fit_instructions
 
     texts = ["Write about cats.", "Tom has 3 apples and buys 4 more. " * 60]
     out = _fit_instructions(str(tokenizer_dir), TEMPLATE, texts, 48)

@@ -84,5 +84,6 @@ def test_generate_step_records_its_code(tokenizer, tokenizer_dir, tmp_path):
     run_step("generate", {"data": str(tmp_path / "d.jsonl")},
              {"generations": str(tmp_path / "g.jsonl"), "settings": str(tmp_path / "settings.json")}, params)
     code = read_json(tmp_path / "settings.json")["code"]
-    assert {"fusionroute/decoding/decoders.py", "fusionroute/methods.py", "fusionroute/pipeline.py"} <= set(code["files"])
+    assert {"fusionroute/decoding/decoders.py", "fusionroute/methods.py",
+            "fusionroute/steps/evaluate.py"} <= set(code["files"])
     assert not provenance.is_stale(code)

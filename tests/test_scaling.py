@@ -198,7 +198,7 @@ def test_bf16_world_steps_train_lora_and_full_save_bf16_and_reuse_the_reference(
     from fusionroute.data import encode_pair
     from fusionroute.features import save_features
     from fusionroute.io import read_json, write_jsonl
-    from fusionroute.pipeline import run_step
+    from fusionroute.steps import run_step
 
     template = "### Instruction:\n{instruction}\n\n### Response:\n"
     init = tmp_path / "init"

@@ -42,7 +42,7 @@ Statistics (restated in claims.md):
   paper's ranks (exact up to 9 methods, else seeded Monte Carlo).
 
 Missing or malformed inputs raise ClaimsInputError naming the file; nothing is guessed.
-This module holds no workflow step (the steps live in fusionroute.pipeline).
+This module holds no workflow step (its steps live in fusionroute.steps.claims).
 """
 from __future__ import annotations
 

@@ -10,10 +10,10 @@ bar carries its value. Methods keep the figure's canonical order; unknown method
 order; a method missing for a family leaves a gap.
 
 Legend labels come from the caller (`labels`, method -> label): the workflow passes the method
-catalogue's labels (workflow/rules/judge.smk `figure_labels`, through fusionroute.judging.figure);
+catalogue's labels (workflow/rules/judge.smk `figure_labels`, through fusionroute.steps.judge.figure);
 a method without one is shown by its name. This module keeps no method-label table.
 
-CLI (the Snakemake rules call `make_figure` through fusionroute.judging.figure):
+CLI (the Snakemake rules call `make_figure` through fusionroute.steps.judge.figure):
     python -m fusionroute.eval.figures fig3 --out results/fig3.pdf \\
         --inputs llama3:fusionroute=results/llama3/judge/fusionroute.json ... \\
         [--labels fusionroute=FusionRoute ...]

@@ -1,7 +1,12 @@
 """The workflow steps' registry: rule name -> step function, and the one way to run a step.
 
-A step module decorates its functions with `@step`; `run_step` imports the step modules by name
-(STEP_MODULES), so imports go one way: steps import the library, the library (including the
+The step functions live in this package, one module per rule file of workflow/rules/ (STEP_MODULES:
+fusionroute/steps/tiny.py for tiny.smk, train.py for train.smk, ...; common.py holds their shared
+helpers). Each step takes its rule's named inputs, outputs and params (dicts of paths and values),
+so a rule is a one-line call (workflow/scripts/step.py dispatches on the rule name) and a test can
+run a step without Snakemake; steps are the only code that reads `params` dicts, and heavy imports
+stay inside them. A step module decorates its functions with `@step`; `run_step` imports the step
+modules by name, so imports go one way: steps import the library, the library (including the
 accelerate relaunch in `fusionroute.scaling` and the warm server) only ever imports this registry.
 """
 from __future__ import annotations
@@ -13,8 +18,10 @@ from typing import Any, Callable
 
 Step = Callable[[dict[str, Any], dict[str, Any], dict[str, Any], int], None]
 STEPS: dict[str, Step] = {}
-# The modules whose import registers steps, one per area of the workflow.
-STEP_MODULES = ("fusionroute.pipeline", "fusionroute.hub_data", "fusionroute.judging")
+# The modules whose import registers steps: one per rule file of workflow/rules/ that runs steps
+# (theory.smk and plan.smk call their modules directly). tests/test_imports.py checks the list.
+STEP_MODULES = tuple(f"fusionroute.steps.{area}" for area in
+                     ("tiny", "train", "baselines", "evaluate", "report", "claims", "hub", "judge"))
 
 
 def step(fn: Step) -> Step:

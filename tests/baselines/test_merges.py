@@ -184,7 +184,7 @@ def test_merge_step_takes_a_hub_tokenizer_and_runs_on_the_cpu(tmp_path, monkeypa
     params = {"seed": 0, "device": "cuda", "dtype": "float32", "merge": "task_arithmetic", "settings": {"weight": 1.0},
               "models": {"tokenizer": "someorg/instruct-model", "base": base_dir, "experts": experts}}
     # a fresh process: huggingface_hub reads HF_HUB_OFFLINE / HF_HUB_CACHE when imported
-    code = ("import json, sys; from fusionroute.pipeline import run_step; "
+    code = ("import json, sys; from fusionroute.steps import run_step; "
             "run_step('merge', {}, {'model': sys.argv[1]}, json.loads(sys.argv[2]))")
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([sys.executable, "-c", code, str(out), json.dumps(params)], env=env,

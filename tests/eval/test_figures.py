@@ -111,7 +111,7 @@ def test_cli_and_make_figure(tmp_path, capsys):
 
 def test_legend_labels_come_from_the_caller(tmp_path, monkeypatch):
     """The workflow's figure step passes the method catalogue's labels; they are used as given."""
-    from fusionroute.judging import figure
+    from fusionroute.steps.judge import figure
 
     for method, rate in (("fusionroute", 0.7), ("my_method", 0.4)):
         write_json(tmp_path / f"{method}.json", result(rate))

@@ -10,7 +10,7 @@ import pytest
 from eval_data import GSM8K, MBPP, write_jsonl
 from fusionroute.eval import scoring
 from fusionroute.eval.benchmarks import DataError, load_records
-from fusionroute.pipeline import run_step
+from fusionroute.steps import run_step
 
 GSM8K_RIGHT = [f"The answer is: {a}" for a in ("72", "10", "3", "14,400")]
 

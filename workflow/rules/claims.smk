@@ -1,7 +1,7 @@
 # The paper beside the reproduction: Tables 1 and 2 side by side with the paper's numbers ("ours |
 # paper" per cell) and the claims table (the paper's qualitative claims tested on our items).
 # Library: fusionroute/eval/claims.py (its docstring states the tests); steps `side_by_side` and
-# `claims` in fusionroute/pipeline.py. Include after report.smk and judge.smk (uses TABLES,
+# `claims` in fusionroute/steps/claims.py. Include after report.smk and judge.smk (uses TABLES,
 # score_file, table_inputs, collab_caption, judge_file, AGAINST).
 #
 # Targets (all under results/<world>/):

@@ -1,4 +1,4 @@
-"""Workflow steps for the pairwise judge and Figures 3 and 4 (registered in fusionroute.steps).
+"""Workflow steps of workflow/rules/judge.smk: the pairwise judge and Figures 3 and 4.
 
 - `general_prompts`: the judge's "general" prompt set, results/<world>/data/general.jsonl, records
   {"id", "instruction", "reference"}: tiny world = held-out items of the five synthetic benchmarks
