@@ -40,19 +40,14 @@ def config_files(argv: list[str]) -> list[str]:
 
 
 def merged(contents: list[dict]) -> dict:
-    """Config files merged as Snakemake merges them: later files update earlier ones key by key."""
+    """Config files merged as Snakemake merges them (its own update_config): later files update
+    earlier ones key by key."""
+    from snakemake.utils import update_config
+
     out: dict = {}
     for content in contents:
-        _update(out, content)
+        update_config(out, content)
     return out
-
-
-def _update(base: dict, new: dict) -> None:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _update(base[key], value)
-        else:
-            base[key] = value
 
 
 def hub_references(config: dict) -> Iterator[tuple[str, str, str]]:
@@ -137,7 +132,6 @@ def main(argv: list[str]) -> int:
         if errors:
             return 1
     return 0
-
 
 
 if __name__ == "__main__":
