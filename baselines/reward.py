@@ -246,13 +246,17 @@ def pair_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pa
     return hits / len(pairs)
 
 
+def _encode_pair_sides(tokenizer, pair: dict, template: str, max_len: int) -> tuple[list[int], list[int]]:
+    """Token ids of (prompt + chosen, prompt + rejected), as the reward model reads them."""
+    prompt = render_prompt(template, pair["instruction"])
+    chosen, rejected = (encode_pair(tokenizer, prompt, pair[key], max_len, add_eos=True).input_ids
+                        for key in ("chosen", "rejected"))
+    return chosen, rejected
+
+
 def _pair_rewards(model, tokenizer, pairs: Sequence[dict], template: str, max_len: int):
-    seqs = []
-    for key in ("chosen", "rejected"):
-        for pair in pairs:
-            prompt = render_prompt(template, pair["instruction"])
-            seqs.append(encode_pair(tokenizer, prompt, pair[key], max_len, add_eos=True).input_ids)
-    rewards = sequence_rewards(model, seqs, tokenizer.pad_token_id)
+    sides = [_encode_pair_sides(tokenizer, pair, template, max_len) for pair in pairs]
+    rewards = sequence_rewards(model, [c for c, _ in sides] + [r for _, r in sides], tokenizer.pad_token_id)
     return rewards[: len(pairs)], rewards[len(pairs) :]
 
 
@@ -289,13 +293,18 @@ def train_reward_model(
     train = train + offtopic_pairs(train, cfg.offtopic_ratio, cfg.split_seed)
     acc_before = pair_accuracy(model, tok, held, prompt_template, cfg.max_len, cfg.eval_batch_size)
 
-    batches = list(batch_indices(len(train), optim.batch_size, optim.steps, optim.seed))
+    # encoded once; batches grouped by length (the longer side of each pair), as the LM trainers
+    # do, so that a batch's padding (wasted compute on a CPU) mostly disappears
+    encoded = [_encode_pair_sides(tok, pair, prompt_template, cfg.max_len) for pair in train]
+    batches = list(batch_indices(len(train), optim.batch_size, optim.steps, optim.seed,
+                                 lengths=[max(len(c), len(r)) for c, r in encoded]))
     if cfg.micro_batch_size:
         optim = replace(optim, micro_batch_size=min(cfg.micro_batch_size, optim.batch_size))
 
     def micro_loss(micro: list[int], live: dict) -> torch.Tensor:
-        chosen, rejected = _pair_rewards(live["model"], tok, [train[i] for i in micro], prompt_template, cfg.max_len)
-        return bradley_terry_loss(chosen, rejected).mean()
+        rewards = sequence_rewards(live["model"], [encoded[i][0] for i in micro] + [encoded[i][1] for i in micro],
+                                   tok.pad_token_id)
+        return bradley_terry_loss(rewards[: len(micro)], rewards[len(micro) :]).mean()
 
     model.train()
     result = train_loop({"model": model}, batches, micro_loss, optim, desc="reward model")
