@@ -172,6 +172,13 @@ class RewardTrainConfig:
     eval_batch_size: int = 32  # pairs per forward when measuring accuracy
     split_seed: int = 0  # seed of the train / held-out split
     offtopic_ratio: float = 0.0  # extra relevance pairs per preference pair (see offtopic_pairs); 0 = none
+    train_accuracy_pairs: int = 500  # training pairs (a seeded sample) the reported train accuracy is measured on
+
+
+def _sample(items: Sequence[dict], k: int, seed: int) -> list[dict]:
+    """`k` of `items` drawn without replacement (all of them when there are at most `k`), seeded."""
+    items = list(items)
+    return items if len(items) <= k else random.Random(seed).sample(items, k)
 
 
 def split_pairs(pairs: Sequence[dict], heldout_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -315,7 +322,11 @@ def train_reward_model(
         "heldout_accuracy_before": acc_before,
         "heldout_offtopic_accuracy": (pair_accuracy(model, tok, held_offtopic, prompt_template, cfg.max_len,
                                                     cfg.eval_batch_size) if held_offtopic else None),
-        "train_accuracy": pair_accuracy(model, tok, train, prompt_template, cfg.max_len, cfg.eval_batch_size),
+        # on a seeded sample: a diagnostic (fit vs held out), and over every training pair it cost a
+        # third of the tiny world's reward-model job
+        "train_accuracy": pair_accuracy(model, tok, _sample(train, cfg.train_accuracy_pairs, cfg.split_seed),
+                                        prompt_template, cfg.max_len, cfg.eval_batch_size),
+        "n_train_accuracy": min(len(train), cfg.train_accuracy_pairs),
         "n_train": len(train),
         "n_heldout": len(held),
         "final_loss": log[-1]["loss"] if log else None,

@@ -3,6 +3,13 @@
 # family's `base`, as Llama-3.1-8B-Instruct is the paper's) -> three experts fine-tuned from it (as
 # MergeBench's experts are from the instruct model). Merges take their task vectors over `base`.
 TINY = config.get("tiny", {})
+
+
+def expert_optim(expert):
+    """The expert's training settings: `tiny.expert` with its `tiny.expert_overrides` on top."""
+    return {**TINY.get("expert", {}), **TINY.get("expert_overrides", {}).get(expert, {})}
+
+
 TINY_DATA = ["pretrain", "sft_generalist", "sft_math", "sft_code", "sft_instruct", "sft_mix", "preferences"]
 
 
@@ -93,9 +100,12 @@ rule tiny_expert:
         step="finetune_lm",
         common=lambda w: COMMON,
         models=lambda w: {"tokenizer": f"{BUILD}/tokenizer", "init": f"{BUILD}/{w.family}/base"},
-        optim=lambda w: {**TINY.get("expert", {}), **TINY.get("expert_overrides", {}).get(w.expert, {})},
+        optim=lambda w: expert_optim(w.expert),
         desc=lambda w: f"expert {w.expert}",
     threads: config["threads"]
+    # longest first: the router's chain waits for every expert, so the slowest one must not queue
+    # behind the others (Snakemake knows no durations; steps stand in for them)
+    priority: lambda w: CRITICAL_PATH_PRIORITY + expert_optim(w.expert).get("steps", 0) / 1e6
     log:
         f"logs/{WORLD}/{{family}}/tiny_expert_{{expert}}.log",
     benchmark:

@@ -15,6 +15,7 @@ rule expert_features:
         models=lambda w: models_param(w.family, {"experts": "experts"}),
         expert_names=lambda w: experts(w.family),
     threads: config["threads"]
+    priority: CRITICAL_PATH_PRIORITY  # the longest chain of the build (expert -> features -> router)
     resources:
         gpu=lambda w: 0 if is_tiny(w.family) else 1,
     log:
@@ -42,6 +43,7 @@ rule router_sft:
         lam=lambda w: stage(w, "router_sft", "sft")["lam"],
         reading=lambda w: stage(w, "router_sft", "sft")["reading"],
     threads: config["threads"]
+    priority: CRITICAL_PATH_PRIORITY  # the longest chain of the build (expert -> features -> router)
     resources:
         gpu=lambda w: 0 if is_tiny(w.family) else 1,
     log:
@@ -82,6 +84,7 @@ rule router_mix:
         models=lambda w: models_param(w.family, {"init": previous_stage(w, "router")}),
         **mix_params("router", FR),
     threads: config["threads"]
+    priority: CRITICAL_PATH_PRIORITY  # the longest chain of the build (expert -> features -> router)
     resources:
         gpu=lambda w: 0 if is_tiny(w.family) else 1,
     log:
