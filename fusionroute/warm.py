@@ -7,7 +7,8 @@ local server that has the heavy modules imported and forks a child per job: the 
 the job's directory and environment, sends its stdout/stderr (file descriptors 1 and 2, so
 subprocesses and C libraries too) to the job's log, claims its GPU (fusionroute.devices) and runs
 the step. Results are the same as in a fresh process: the server imports modules but never runs a
-model, seeds nothing and never initialises CUDA, and every step seeds itself.
+model, seeds nothing (but langdetect's fixed seed, which the IFEval scorer sets on every import)
+and never initialises CUDA, and every step seeds itself.
 
 - One server per (Python, package source, environment): a change to any .py file of the package,
   or to the environment, starts a new server, so a job never runs stale code.
@@ -184,6 +185,12 @@ def serve(path: Path, idle_s: float = IDLE_S) -> None:
     from fusionroute.generation import method_kinds
 
     method_kinds()  # imports every generator module
+    # NLTK and the IFEval checkers (3-4 CPU-s of imports per IFEval scoring job otherwise); an
+    # optimisation only, so a failure here is left for the scoring step itself to report
+    with contextlib.suppress(Exception):
+        from fusionroute.eval.ifeval import registry
+
+        registry()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(64)
