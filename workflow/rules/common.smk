@@ -8,11 +8,11 @@ FAMILIES = config["families"]
 BENCHMARKS = list(config["benchmarks"])
 SEED = config["seed"]
 
-# Settings every torch step receives; part of `params`, so changing one reruns what depends on it.
 # Rules on the build's longest chain (the experts, their features, the router's two phases) run
 # before any other ready job: on a 2-core machine the router would otherwise wait for jobs off it.
 CRITICAL_PATH_PRIORITY = 10
 
+# Settings every torch step receives; part of `params`, so changing one reruns what depends on it.
 COMMON = {
     "seed": SEED,
     "device": config["device"],
