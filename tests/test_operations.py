@@ -83,7 +83,7 @@ def _planned_priorities(work: Path) -> dict[str, float]:
 def test_the_longest_chain_is_scheduled_first(tmp_path):
     """On two cores the build's length is its longest chain: the expert with the most steps starts
     first, then the others by steps, and the expert features and the router's two phases go before
-    any other ready job (the tiny Table 1 took 15 min 18 s with Snakemake's own order)."""
+    any other ready job (Snakemake's own order had queued the math expert behind the two others)."""
     priorities = _planned_priorities(copy_workflow(tmp_path / "wf"))
     experts = {name: priorities[f"tiny_expert[{name}]"] for name in ("math", "code", "instruct")}
     assert experts["math"] > experts["instruct"] > experts["code"] > 0  # 1400, 600 and 200 steps
