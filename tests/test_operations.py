@@ -60,7 +60,8 @@ def test_provenance_cli_on_a_results_folder(tmp_path):
 
 
 def _planned_priorities(work: Path) -> dict[str, float]:
-    """`<rule>[<wildcard value>]` -> priority of every job a dry run of the tiny Table 1 plans."""
+    """Rule name (`tiny_expert[<expert>]` for the experts) -> priority of the jobs a dry run of the
+    tiny Table 1 plans."""
     plan = subprocess.run(SNAKEMAKE + ["-n", "--cores", "2", "results/table1.tex"], cwd=work,
                           capture_output=True, text=True, timeout=300)
     assert plan.returncode == 0, plan.stderr[-2000:]
