@@ -317,16 +317,16 @@ def train_reward_model(
     result = train_loop({"model": model}, batches, micro_loss, optim, desc="reward model")
     log = result.log
     model.eval()
+    # the train accuracy on a seeded sample: a diagnostic (fit vs held out), and over every
+    # training pair it cost a third of the tiny world's reward-model job
+    fit_sample = _sample(train, cfg.train_accuracy_pairs, cfg.split_seed)
     metrics = {
         "heldout_accuracy": pair_accuracy(model, tok, held, prompt_template, cfg.max_len, cfg.eval_batch_size),
         "heldout_accuracy_before": acc_before,
         "heldout_offtopic_accuracy": (pair_accuracy(model, tok, held_offtopic, prompt_template, cfg.max_len,
                                                     cfg.eval_batch_size) if held_offtopic else None),
-        # on a seeded sample: a diagnostic (fit vs held out), and over every training pair it cost a
-        # third of the tiny world's reward-model job
-        "train_accuracy": pair_accuracy(model, tok, _sample(train, cfg.train_accuracy_pairs, cfg.split_seed),
-                                        prompt_template, cfg.max_len, cfg.eval_batch_size),
-        "n_train_accuracy": min(len(train), cfg.train_accuracy_pairs),
+        "train_accuracy": pair_accuracy(model, tok, fit_sample, prompt_template, cfg.max_len, cfg.eval_batch_size),
+        "n_train_accuracy": len(fit_sample),
         "n_train": len(train),
         "n_heldout": len(held),
         "final_loss": log[-1]["loss"] if log else None,
